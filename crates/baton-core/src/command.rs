@@ -1,0 +1,309 @@
+//! Commands: the only way state changes. A command is what the sequencer
+//! appends to the log, so it is plain serializable data; the same log applied
+//! in the same order gives the same state everywhere.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The agent id the core uses for what it does by itself (expiries).
+pub const SYSTEM_AGENT: &str = "baton";
+
+/// One mutation, with who asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// The calling agent; idempotency keys and lock ownership are scoped to it.
+    pub agent: String,
+    /// The caller's session, if any. Locks taken with a session end with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    /// A retry with the same key gets the recorded reply instead of applying twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Refuse with FENCED unless this token is a current holder's of that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
+    pub op: Op,
+}
+
+impl Command {
+    pub fn new(agent: impl Into<String>, op: Op) -> Self {
+        Command {
+            agent: agent.into(),
+            session: None,
+            idempotency_key: None,
+            fence: None,
+            op,
+        }
+    }
+
+    /// A time-only command: fires every expiry and wait deadline that is due.
+    pub fn tick() -> Self {
+        Command::new(SYSTEM_AGENT, Op::Tick)
+    }
+
+    pub fn with_session(mut self, session: u64) -> Self {
+        self.session = Some(session);
+        self
+    }
+
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    pub fn with_fence(mut self, key: impl Into<String>, token: u64) -> Self {
+        self.fence = Some(Fence {
+            key: key.into(),
+            token,
+        });
+        self
+    }
+}
+
+/// A fencing token presented with a write: `token` must be the fence of a
+/// lock that currently holds `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    pub key: String,
+    pub token: u64,
+}
+
+/// Lock modes: many shared holders, or one exclusive holder.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    #[default]
+    Exclusive,
+    Shared,
+}
+
+impl LockMode {
+    pub fn compatible(self, other: LockMode) -> bool {
+        self == LockMode::Shared && other == LockMode::Shared
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockAcquire {
+    /// Keys to take, all or nothing. Order does not matter.
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub mode: LockMode,
+    /// Lease of the lock itself. Without it the lock lives as long as the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How long to queue if the keys are taken; 0 answers at once.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// After this lock expires (not released), keep its keys unavailable this long.
+    #[serde(default)]
+    pub lock_delay_ms: u64,
+}
+
+/// A change to a JSON value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Patch {
+    /// RFC 7396 JSON merge patch.
+    Merge { patch: Value },
+    /// RFC 6902 JSON Patch: an array of operations; a failing `test` is a conflict.
+    Json { ops: Value },
+}
+
+/// One comparison of a txn. Exactly one of `version`, `value`, `exists` is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Compare {
+    pub key: String,
+    /// The key's version; 0 means "absent".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    /// How to compare; `lt`/`gt` only for versions.
+    #[serde(default)]
+    pub op: CompareOp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CompareOp {
+    #[default]
+    Eq,
+    Ne,
+    Lt,
+    Gt,
+}
+
+/// An operation inside a txn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TxnOp {
+    Get {
+        key: String,
+    },
+    Put {
+        key: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+    Patch {
+        key: String,
+        patch: Patch,
+    },
+    Delete {
+        key: String,
+    },
+    CounterAdd {
+        key: String,
+        delta: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<i64>,
+    },
+}
+
+impl TxnOp {
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Get { key }
+            | TxnOp::Put { key, .. }
+            | TxnOp::Patch { key, .. }
+            | TxnOp::Delete { key }
+            | TxnOp::CounterAdd { key, .. } => key,
+        }
+    }
+}
+
+/// etcd-style transaction: if every compare holds, run `success`, else
+/// `failure`. All or nothing: if any op fails, nothing is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Txn {
+    #[serde(default)]
+    pub compares: Vec<Compare>,
+    #[serde(default)]
+    pub success: Vec<TxnOp>,
+    #[serde(default)]
+    pub failure: Vec<TxnOp>,
+}
+
+/// What a command does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Nothing but the passage of time: fires what is due.
+    Tick,
+    SessionOpen {
+        ttl_ms: u64,
+    },
+    SessionKeepalive {
+        session_id: u64,
+    },
+    SessionClose {
+        session_id: u64,
+    },
+    /// Admin: end a session as if it expired, failing its waiters.
+    SessionKill {
+        session_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    LockAcquire(LockAcquire),
+    /// Release a held lock or cancel a waiting one. Idempotent.
+    LockRelease {
+        lock_id: u64,
+    },
+    LockRenew {
+        lock_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+    Put {
+        key: String,
+        value: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        if_absent: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+    },
+    Patch {
+        key: String,
+        patch: Patch,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<u64>,
+    },
+    Delete {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<u64>,
+    },
+    Txn(Txn),
+    CounterAdd {
+        key: String,
+        delta: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<i64>,
+    },
+}
+
+impl Op {
+    /// The event kind a refused command of this op is audited under.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Tick => "tick",
+            Op::SessionOpen { .. } => "session_open",
+            Op::SessionKeepalive { .. } => "session_keepalive",
+            Op::SessionClose { .. } => "session_close",
+            Op::SessionKill { .. } => "session_kill",
+            Op::LockAcquire(_) => "lock_acquire",
+            Op::LockRelease { .. } => "lock_release",
+            Op::LockRenew { .. } => "lock_renew",
+            Op::Put { .. } => "put",
+            Op::Patch { .. } => "patch",
+            Op::Delete { .. } => "delete",
+            Op::Txn(_) => "txn",
+            Op::CounterAdd { .. } => "counter_add",
+        }
+    }
+
+    /// Keys the op names, for auditing refused commands.
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            Op::LockAcquire(acquire) => acquire.keys.clone(),
+            Op::Put { key, .. }
+            | Op::Patch { key, .. }
+            | Op::Delete { key, .. }
+            | Op::CounterAdd { key, .. } => vec![key.clone()],
+            Op::Txn(txn) => {
+                let mut keys: Vec<String> = txn
+                    .compares
+                    .iter()
+                    .map(|c| c.key.clone())
+                    .chain(
+                        txn.success
+                            .iter()
+                            .chain(&txn.failure)
+                            .map(|op| op.key().to_string()),
+                    )
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                keys
+            }
+            _ => Vec::new(),
+        }
+    }
+}

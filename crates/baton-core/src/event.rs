@@ -1,0 +1,95 @@
+//! Events: every mutation, grant, expiry and kill, as watch and audit serve them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::error::ErrorCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    SessionOpened,
+    SessionKeepalive,
+    SessionClosed,
+    SessionKilled,
+    SessionExpired,
+    /// A lock was granted: at once or after a wait.
+    LockGranted,
+    LockQueued,
+    LockReleased,
+    /// A waiting lock was withdrawn, timed out, or failed with its session.
+    LockWaitEnded,
+    LockRenewed,
+    /// A held lock ended without being released (TTL, session expiry, kill).
+    /// The holder must stop writing: its fence is no longer current.
+    LeaseLost,
+    Put,
+    Patched,
+    Deleted,
+    KeyExpired,
+    CounterAdded,
+    /// A txn that wrote nothing (or was refused).
+    Txn,
+    /// A command that was refused: `outcome` says why.
+    Refused,
+}
+
+/// One entry of the audit trail. `revision` is the log sequence number of
+/// the command that caused it; a command may cause several events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: u64,
+    pub time: u64,
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    pub kind: EventKind,
+    /// The namespace of the first key, if the event names keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+    /// `ok`, or the error code of a refused command.
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Arc<Value>>,
+    /// Free-form facts: the refused op, an end reason, a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Ok(OkOutcome),
+    Error(ErrorCode),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OkOutcome {
+    Ok,
+}
+
+impl Outcome {
+    pub const OK: Outcome = Outcome::Ok(OkOutcome::Ok);
+
+    pub fn is_ok(self) -> bool {
+        matches!(self, Outcome::Ok(_))
+    }
+}
+
+impl Event {
+    /// Whether a watcher of `prefix` should see this event: an empty prefix
+    /// sees everything; otherwise any of its keys must start with the prefix.
+    pub fn matches_prefix(&self, prefix: &str) -> bool {
+        prefix.is_empty() || self.keys.iter().any(|k| k.starts_with(prefix))
+    }
+}

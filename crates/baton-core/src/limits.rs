@@ -1,0 +1,77 @@
+//! Named bounds on everything the core keeps or accepts (TigerStyle). Each is
+//! configurable; exceeding one is an INVALID_ARGUMENT (the request itself is
+//! too big) or QUOTA_EXCEEDED (a shared capacity is full), never a panic.
+
+use serde::{Deserialize, Serialize};
+
+/// Bounds enforced by [`crate::StateMachine`]. `Limits::default()` is what
+/// `baton serve` runs with unless configured otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest key, in bytes (keys are `namespace/name`).
+    pub max_key_bytes: usize,
+    /// Largest JSON value, in bytes of its compact serialization.
+    pub max_value_bytes: usize,
+    /// Longest agent id, in bytes.
+    pub max_agent_bytes: usize,
+    /// Longest idempotency key, in bytes.
+    pub max_idempotency_key_bytes: usize,
+    /// Keys one lock request may take at once.
+    pub max_keys_per_lock: usize,
+    /// Compares plus operations in one txn.
+    pub max_ops_per_txn: usize,
+    /// Queued requests per lock key; a further waiter is refused.
+    pub max_waiters_per_key: usize,
+    /// Live sessions.
+    pub max_sessions: usize,
+    /// Live locks, held or waiting.
+    pub max_locks: usize,
+    /// Live state keys.
+    pub max_keys: usize,
+    /// Recent versions kept per state key for `history`.
+    pub history_depth: usize,
+    /// Idempotency records kept (oldest dropped first).
+    pub idempotency_entries: usize,
+    /// How long an idempotency record is kept, in ms.
+    pub idempotency_retention_ms: u64,
+    /// Ended locks and sessions remembered, so a late release or keepalive can
+    /// say what happened instead of "not found".
+    pub ended_records: usize,
+    /// Shortest lease (session, lock or key TTL), in ms.
+    pub min_ttl_ms: u64,
+    /// Longest lease, in ms.
+    pub max_ttl_ms: u64,
+    /// Longest lock wait, in ms.
+    pub max_wait_ms: u64,
+    /// Longest lock-delay after an expired lock, in ms.
+    pub max_lock_delay_ms: u64,
+    /// Entries returned by one `list` page at most.
+    pub max_list_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+            max_agent_bytes: 128,
+            max_idempotency_key_bytes: 256,
+            max_keys_per_lock: 64,
+            max_ops_per_txn: 128,
+            max_waiters_per_key: 1024,
+            max_sessions: 100_000,
+            max_locks: 1_000_000,
+            max_keys: 10_000_000,
+            history_depth: 16,
+            idempotency_entries: 100_000,
+            idempotency_retention_ms: 60 * 60 * 1000,
+            ended_records: 100_000,
+            min_ttl_ms: 10,
+            max_ttl_ms: 7 * 24 * 60 * 60 * 1000,
+            max_wait_ms: 10 * 60 * 1000,
+            max_lock_delay_ms: 60 * 1000,
+            max_list_page: 1000,
+        }
+    }
+}

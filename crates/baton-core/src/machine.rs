@@ -1,0 +1,904 @@
+//! The state machine: `apply(seq, time, command) -> Output`. Everything here
+//! is deterministic: the same commands with the same (seq, time) stamps give
+//! byte-identical snapshots on every node.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use crate::command::{Command, LockMode, Op};
+use crate::error::{Error, ErrorCode};
+use crate::event::{Event, EventKind, Outcome};
+use crate::limits::Limits;
+use crate::reply::{
+    EndReason, HistoryEntry, LockInfo, LockStatus, Reply, Response, SessionInfo, Stats,
+};
+use crate::validate;
+
+/// What applying one command produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// The answer to the command's caller.
+    pub reply: Reply,
+    /// The audit trail of this command, in order.
+    pub events: Vec<Event>,
+    /// Waiting lock requests this command settled (granted or failed):
+    /// the server answers their callers.
+    pub wakeups: Vec<Wakeup>,
+}
+
+/// A queued lock request that has reached its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wakeup {
+    pub lock_id: u64,
+    pub reply: Reply,
+}
+
+/// Who a lock belongs to, for ownership and the wait-for graph: its session,
+/// or, for a lock without a session, its agent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Party {
+    Session(u64),
+    Agent(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    pub agent: String,
+    pub ttl_ms: u64,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum LockPhase {
+    Waiting { deadline: u64 },
+    Held { fence_token: u64, granted_at: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lock {
+    pub agent: String,
+    pub session: Option<u64>,
+    /// Sorted and deduplicated: the canonical order.
+    pub keys: Vec<String>,
+    pub mode: LockMode,
+    pub ttl_ms: Option<u64>,
+    pub lock_delay_ms: u64,
+    pub phase: LockPhase,
+    /// The lock's own lease end while held (None: lives with its session).
+    pub expires_at: Option<u64>,
+}
+
+impl Lock {
+    pub fn party(&self) -> Party {
+        match self.session {
+            Some(id) => Party::Session(id),
+            None => Party::Agent(self.agent.clone()),
+        }
+    }
+
+    pub fn fence_token(&self) -> Option<u64> {
+        match self.phase {
+            LockPhase::Held { fence_token, .. } => Some(fence_token),
+            LockPhase::Waiting { .. } => None,
+        }
+    }
+
+    pub fn is_held(&self) -> bool {
+        matches!(self.phase, LockPhase::Held { .. })
+    }
+}
+
+/// Per lock key: who holds it, who waits (FIFO), and any lock-delay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub(crate) struct KeyLocks {
+    pub holders: Vec<u64>,
+    pub waiters: VecDeque<u64>,
+    pub delayed_until: Option<u64>,
+}
+
+impl KeyLocks {
+    fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty() && self.delayed_until.is_none()
+    }
+}
+
+/// A versioned JSON value and its recent history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Stored {
+    pub value: Arc<Value>,
+    pub version: u64,
+    pub created_revision: u64,
+    pub expires_at: Option<u64>,
+    /// Newest last; includes the current version.
+    pub history: VecDeque<HistoryEntry>,
+}
+
+/// Something due at a time. Every entry mirrors exactly one field of the
+/// state (a session's expiry, a lock's lease or wait deadline, a key's TTL,
+/// a key's lock-delay), and is replaced whenever that field changes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) enum Deadline {
+    Session(u64),
+    LockLease(u64),
+    LockWait(u64),
+    KeyTtl(String),
+    LockDelay(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum EndedKind {
+    Session,
+    Lock,
+}
+
+/// A remembered end of a lock or session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Ended {
+    pub kind: EndedKind,
+    pub reason: EndReason,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct IdempotencyRecord {
+    pub fingerprint: u64,
+    pub reply: Reply,
+    pub time: u64,
+}
+
+/// Effects gathered while applying one command.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub events: Vec<Event>,
+    pub wakeups: Vec<Wakeup>,
+}
+
+/// Baton's whole replicated state. See the crate docs for the rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateMachine {
+    #[serde(skip)]
+    pub(crate) limits: Limits,
+    /// Sequence number of the last applied command: the current revision.
+    pub(crate) last_seq: u64,
+    /// The core's clock: the largest timestamp seen, never moving back.
+    pub(crate) now: u64,
+    pub(crate) sessions: BTreeMap<u64, Session>,
+    pub(crate) locks: BTreeMap<u64, Lock>,
+    pub(crate) lock_keys: BTreeMap<String, KeyLocks>,
+    /// Highest fencing token ever granted per key that was ever locked.
+    /// Bounded by the number of distinct lock keys in use; dropped with the
+    /// key's KeyLocks when idle, which is safe because tokens are sequence
+    /// numbers and so keep growing anyway.
+    pub(crate) kv: BTreeMap<String, Stored>,
+    pub(crate) deadlines: BTreeSet<(u64, Deadline)>,
+    pub(crate) ended: BTreeMap<u64, Ended>,
+    /// agent -> idempotency key -> record.
+    pub(crate) idempotency: BTreeMap<String, BTreeMap<String, IdempotencyRecord>>,
+    /// (time, agent, key) in insertion order, for retention.
+    pub(crate) idempotency_order: VecDeque<(u64, String, String)>,
+    /// Derived from `locks`: every live lock of each party. Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) party_locks: BTreeMap<Party, BTreeSet<u64>>,
+    #[serde(skip)]
+    pub(crate) locks_held: usize,
+}
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        StateMachine::new(Limits::default())
+    }
+}
+
+impl StateMachine {
+    pub fn new(limits: Limits) -> Self {
+        StateMachine {
+            limits,
+            last_seq: 0,
+            now: 0,
+            sessions: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            lock_keys: BTreeMap::new(),
+            kv: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            ended: BTreeMap::new(),
+            idempotency: BTreeMap::new(),
+            idempotency_order: VecDeque::new(),
+            party_locks: BTreeMap::new(),
+            locks_held: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The revision: sequence number of the last applied command.
+    pub fn revision(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The core's current time (ms), as stamped by the sequencer.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// When the next expiry or wait deadline is due: apply a tick at or after it.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(time, _)| *time)
+    }
+
+    /// Serialize the whole state. Same history, same bytes.
+    pub fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the state machine always serializes")
+    }
+
+    /// Rebuild a state machine from [`StateMachine::snapshot`] bytes.
+    pub fn restore(bytes: &[u8], limits: Limits) -> Result<Self, Error> {
+        let mut machine: StateMachine = serde_json::from_slice(bytes)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("snapshot is unreadable: {e}")))?;
+        machine.limits = limits;
+        for (id, lock) in &machine.locks {
+            machine
+                .party_locks
+                .entry(lock.party())
+                .or_default()
+                .insert(*id);
+            if lock.is_held() {
+                machine.locks_held += 1;
+            }
+        }
+        Ok(machine)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            revision: self.last_seq,
+            time: self.now,
+            sessions: self.sessions.len(),
+            locks_held: self.locks_held,
+            locks_waiting: self.locks.len() - self.locks_held,
+            keys: self.kv.len(),
+            idempotency_records: self.idempotency_order.len(),
+        }
+    }
+
+    /// Apply one command stamped with its log sequence number and time.
+    ///
+    /// `seq` must exceed every earlier one (the sequencer's job); `time` may
+    /// go backwards, in which case the core keeps its own later time.
+    pub fn apply(&mut self, seq: u64, time: u64, command: &Command) -> Output {
+        assert!(
+            seq > self.last_seq,
+            "sequence numbers must increase: got {seq} after {}",
+            self.last_seq
+        );
+        self.last_seq = seq;
+        self.now = self.now.max(time);
+        let mut fx = Effects::default();
+        self.fire_due(seq, &mut fx);
+        self.expire_idempotency();
+        if matches!(command.op, Op::Tick) {
+            return Output {
+                reply: Ok(Response::Empty {}),
+                events: fx.events,
+                wakeups: fx.wakeups,
+            };
+        }
+
+        let idempotency = match self.check_idempotency(command) {
+            Ok(Some(recorded)) => {
+                return Output {
+                    reply: self.replay(recorded),
+                    events: fx.events,
+                    wakeups: fx.wakeups,
+                };
+            }
+            Ok(None) => command
+                .idempotency_key
+                .as_ref()
+                .map(|key| (key.clone(), fingerprint(command))),
+            Err(error) => {
+                self.refused(seq, command, &error, &mut fx);
+                return Output {
+                    reply: Err(error),
+                    events: fx.events,
+                    wakeups: fx.wakeups,
+                };
+            }
+        };
+
+        let reply = self.execute(seq, command, &mut fx);
+        if let Err(error) = &reply {
+            self.refused(seq, command, error, &mut fx);
+        }
+        if let Some((key, fingerprint)) = idempotency {
+            self.record_idempotency(&command.agent, key, fingerprint, &reply);
+        }
+        self.debug_check_invariants();
+        Output {
+            reply,
+            events: fx.events,
+            wakeups: fx.wakeups,
+        }
+    }
+
+    fn execute(&mut self, seq: u64, command: &Command, fx: &mut Effects) -> Reply {
+        validate::agent(&command.agent, &self.limits)?;
+        if let Some(fence) = &command.fence {
+            validate::key("fence.key", &fence.key, &self.limits)?;
+            self.check_fence_current(&fence.key, fence.token)?;
+        }
+        let names_its_session = matches!(
+            command.op,
+            Op::SessionKeepalive { .. } | Op::SessionClose { .. } | Op::SessionKill { .. }
+        );
+        if let (Some(session), false) = (command.session, names_its_session) {
+            self.check_session_owner(session, &command.agent)?;
+        }
+        match &command.op {
+            Op::Tick => Ok(Response::Empty {}),
+            Op::SessionOpen { ttl_ms } => self.session_open(seq, command, *ttl_ms, fx),
+            Op::SessionKeepalive { session_id } => {
+                self.session_keepalive(seq, command, *session_id, fx)
+            }
+            Op::SessionClose { session_id } => self.session_close(seq, command, *session_id, fx),
+            Op::SessionKill { session_id, reason } => {
+                self.session_kill(seq, command, *session_id, reason.as_deref(), fx)
+            }
+            Op::LockAcquire(request) => self.lock_acquire(seq, command, request, fx),
+            Op::LockRelease { lock_id } => self.lock_release(seq, command, *lock_id, fx),
+            Op::LockRenew { lock_id, ttl_ms } => {
+                self.lock_renew(seq, command, *lock_id, *ttl_ms, fx)
+            }
+            Op::Put {
+                key,
+                value,
+                if_version,
+                if_absent,
+                ttl_ms,
+            } => self.put(
+                seq,
+                command,
+                key,
+                value,
+                *if_version,
+                *if_absent,
+                *ttl_ms,
+                fx,
+            ),
+            Op::Patch {
+                key,
+                patch,
+                if_version,
+            } => self.patch(seq, command, key, patch, *if_version, fx),
+            Op::Delete { key, if_version } => self.delete(seq, command, key, *if_version, fx),
+            Op::Txn(txn) => self.txn(seq, command, txn, fx),
+            Op::CounterAdd {
+                key,
+                delta,
+                min,
+                max,
+            } => self.counter_add(seq, command, key, *delta, *min, *max, fx),
+        }
+    }
+
+    // ---- events -------------------------------------------------------------
+
+    pub(crate) fn event(
+        &self,
+        seq: u64,
+        agent: &str,
+        session: Option<u64>,
+        kind: EventKind,
+        keys: Vec<String>,
+    ) -> Event {
+        Event {
+            revision: seq,
+            time: self.now,
+            agent: agent.to_string(),
+            session,
+            kind,
+            namespace: keys.first().map(|k| validate::namespace_of(k).to_string()),
+            keys,
+            outcome: Outcome::OK,
+            lock_id: None,
+            fence_token: None,
+            version: None,
+            value: None,
+            detail: None,
+        }
+    }
+
+    fn refused(&self, seq: u64, command: &Command, error: &Error, fx: &mut Effects) {
+        let mut event = self.event(
+            seq,
+            &command.agent,
+            command.session,
+            EventKind::Refused,
+            command.op.keys(),
+        );
+        event.outcome = Outcome::Error(error.code);
+        event.detail = Some(json!({ "op": command.op.name(), "message": error.message }));
+        fx.events.push(event);
+    }
+
+    // ---- time ---------------------------------------------------------------
+
+    pub(crate) fn set_deadline(&mut self, old: Option<u64>, new: Option<u64>, what: Deadline) {
+        if old == new {
+            return;
+        }
+        if let Some(time) = old {
+            let removed = self.deadlines.remove(&(time, what.clone()));
+            debug_assert!(removed, "deadline {what:?} at {time} was not indexed");
+        }
+        if let Some(time) = new {
+            self.deadlines.insert((time, what));
+        }
+    }
+
+    /// Fire everything due at or before `now`, oldest first.
+    fn fire_due(&mut self, seq: u64, fx: &mut Effects) {
+        while let Some((time, _)) = self.deadlines.first() {
+            if *time > self.now {
+                break;
+            }
+            let Some((_, due)) = self.deadlines.pop_first() else {
+                break;
+            };
+            match due {
+                Deadline::Session(id) => {
+                    if let Some(session) = self.sessions.get_mut(&id) {
+                        // Popped already: clear the mirror so end_session does not unindex it.
+                        session.expires_at = u64::MAX;
+                        self.end_session(
+                            seq,
+                            id,
+                            EndReason::Expired,
+                            crate::command::SYSTEM_AGENT,
+                            None,
+                            fx,
+                        );
+                    }
+                }
+                Deadline::LockLease(id) => {
+                    if let Some(lock) = self.locks.get_mut(&id) {
+                        lock.expires_at = None;
+                        self.end_lock(seq, id, EndReason::Expired, fx);
+                    }
+                }
+                Deadline::LockWait(id) => {
+                    if let Some(lock) = self.locks.get_mut(&id) {
+                        lock.phase = LockPhase::Waiting { deadline: u64::MAX };
+                        self.end_lock(seq, id, EndReason::TimedOut, fx);
+                    }
+                }
+                Deadline::KeyTtl(key) => self.expire_key(seq, &key, fx),
+                Deadline::LockDelay(key) => {
+                    if let Some(state) = self.lock_keys.get_mut(&key) {
+                        state.delayed_until = None;
+                    }
+                    self.grant_waiters(seq, std::slice::from_ref(&key), fx);
+                    self.forget_idle_key(&key);
+                }
+            }
+        }
+    }
+
+    // ---- sessions -----------------------------------------------------------
+
+    fn check_session_owner(&self, session_id: u64, agent: &str) -> Result<&Session, Error> {
+        match self.sessions.get(&session_id) {
+            Some(session) if session.agent == agent => Ok(session),
+            Some(session) => Err(Error::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "session {session_id} belongs to agent {:?}, not {agent:?}",
+                    session.agent
+                ),
+            )),
+            None => Err(self.gone_error("session", session_id)),
+        }
+    }
+
+    /// The error for a lock or session id that is not live: FENCED if we
+    /// remember how it ended, NOT_FOUND if we never saw it (or forgot).
+    pub(crate) fn gone_error(&self, what: &str, id: u64) -> Error {
+        match self.ended.get(&id) {
+            Some(ended) => {
+                let next = match (what, ended.reason) {
+                    ("session", _) => "everything it held was released; open a new session",
+                    (_, EndReason::Released | EndReason::Cancelled) => {
+                        "acquire the lock again if you need it"
+                    }
+                    _ => "you no longer hold it: stop writing with its fence and acquire again",
+                };
+                Error::new(
+                    ErrorCode::Fenced,
+                    format!(
+                        "{what} {id} ended ({}) at {}; {next}",
+                        ended.reason.as_str(),
+                        validate::rfc3339(ended.at)
+                    ),
+                )
+                .with_details(json!({ "id": id, "status": ended.reason, "ended_at": ended.at }))
+            }
+            None => Error::new(
+                ErrorCode::NotFound,
+                format!("{what} {id} is unknown (never existed, or ended long ago)"),
+            )
+            .with_details(json!({ "id": id })),
+        }
+    }
+
+    pub(crate) fn remember_end(&mut self, id: u64, kind: EndedKind, reason: EndReason) {
+        self.ended.insert(
+            id,
+            Ended {
+                kind,
+                reason,
+                at: self.now,
+            },
+        );
+        while self.ended.len() > self.limits.ended_records {
+            self.ended.pop_first();
+        }
+    }
+
+    fn session_info(&self, id: u64, session: &Session) -> SessionInfo {
+        SessionInfo {
+            session_id: id,
+            agent: session.agent.clone(),
+            ttl_ms: session.ttl_ms,
+            expires_at: session.expires_at,
+        }
+    }
+
+    /// A live session, or why there is none.
+    pub fn session(&self, session_id: u64) -> Result<SessionInfo, Error> {
+        match self.sessions.get(&session_id) {
+            Some(session) => Ok(self.session_info(session_id, session)),
+            None => Err(self.gone_error("session", session_id)),
+        }
+    }
+
+    /// Every live session, ordered by id.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| self.session_info(*id, s))
+            .collect()
+    }
+
+    fn session_open(
+        &mut self,
+        seq: u64,
+        command: &Command,
+        ttl_ms: u64,
+        fx: &mut Effects,
+    ) -> Reply {
+        validate::ttl("ttl_ms", ttl_ms, &self.limits)?;
+        if self.sessions.len() >= self.limits.max_sessions {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "{} sessions are open, the limit (max_sessions); close idle sessions",
+                    self.limits.max_sessions
+                ),
+            ));
+        }
+        let session = Session {
+            agent: command.agent.clone(),
+            ttl_ms,
+            expires_at: self.now.saturating_add(ttl_ms),
+        };
+        self.set_deadline(None, Some(session.expires_at), Deadline::Session(seq));
+        let info = self.session_info(seq, &session);
+        self.sessions.insert(seq, session);
+        let mut event = self.event(
+            seq,
+            &command.agent,
+            Some(seq),
+            EventKind::SessionOpened,
+            Vec::new(),
+        );
+        event.detail = Some(json!({ "ttl_ms": ttl_ms }));
+        fx.events.push(event);
+        Ok(Response::Session(info))
+    }
+
+    fn session_keepalive(
+        &mut self,
+        seq: u64,
+        command: &Command,
+        id: u64,
+        fx: &mut Effects,
+    ) -> Reply {
+        self.check_session_owner(id, &command.agent)?;
+        let now = self.now;
+        let session = self.sessions.get_mut(&id).expect("checked above");
+        let old = session.expires_at;
+        session.expires_at = now.saturating_add(session.ttl_ms);
+        let new = session.expires_at;
+        let info = SessionInfo {
+            session_id: id,
+            agent: session.agent.clone(),
+            ttl_ms: session.ttl_ms,
+            expires_at: new,
+        };
+        self.set_deadline(Some(old), Some(new), Deadline::Session(id));
+        fx.events.push(self.event(
+            seq,
+            &command.agent,
+            Some(id),
+            EventKind::SessionKeepalive,
+            Vec::new(),
+        ));
+        Ok(Response::Session(info))
+    }
+
+    fn session_close(&mut self, seq: u64, command: &Command, id: u64, fx: &mut Effects) -> Reply {
+        let info = self.session_info(id, self.check_session_owner(id, &command.agent)?);
+        self.end_session(seq, id, EndReason::Released, &command.agent, None, fx);
+        Ok(Response::Session(info))
+    }
+
+    fn session_kill(
+        &mut self,
+        seq: u64,
+        command: &Command,
+        id: u64,
+        reason: Option<&str>,
+        fx: &mut Effects,
+    ) -> Reply {
+        let Some(session) = self.sessions.get(&id) else {
+            return Err(self.gone_error("session", id));
+        };
+        let info = self.session_info(id, session);
+        self.end_session(seq, id, EndReason::Killed, &command.agent, reason, fx);
+        Ok(Response::Session(info))
+    }
+
+    /// End a session: its held locks end with `reason`, its waiters fail.
+    pub(crate) fn end_session(
+        &mut self,
+        seq: u64,
+        id: u64,
+        reason: EndReason,
+        by_agent: &str,
+        message: Option<&str>,
+        fx: &mut Effects,
+    ) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        let expires_at = (session.expires_at != u64::MAX).then_some(session.expires_at);
+        self.set_deadline(expires_at, None, Deadline::Session(id));
+        let lock_ids: Vec<u64> = self
+            .party_locks
+            .get(&Party::Session(id))
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for lock_id in lock_ids {
+            self.end_lock(seq, lock_id, reason, fx);
+        }
+        self.remember_end(id, EndedKind::Session, reason);
+        let kind = match reason {
+            EndReason::Expired => EventKind::SessionExpired,
+            EndReason::Killed => EventKind::SessionKilled,
+            _ => EventKind::SessionClosed,
+        };
+        let mut event = self.event(seq, by_agent, Some(id), kind, Vec::new());
+        event.detail = Some(json!({ "agent": session.agent, "reason": message }));
+        fx.events.push(event);
+    }
+
+    // ---- locks: shared helpers ----------------------------------------------
+
+    /// When a held lock's lease ends: its own TTL or its session's, whichever first.
+    pub(crate) fn effective_expiry(&self, lock: &Lock) -> Option<u64> {
+        let session_expiry = lock
+            .session
+            .and_then(|id| self.sessions.get(&id))
+            .map(|s| s.expires_at);
+        match (lock.expires_at, session_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn lock_info(&self, id: u64, lock: &Lock) -> LockInfo {
+        let (status, fence_token, granted_at, wait_deadline) = match lock.phase {
+            LockPhase::Held {
+                fence_token,
+                granted_at,
+            } => (LockStatus::Held, Some(fence_token), Some(granted_at), None),
+            LockPhase::Waiting { deadline } => (LockStatus::Waiting, None, None, Some(deadline)),
+        };
+        LockInfo {
+            lock_id: id,
+            status,
+            agent: lock.agent.clone(),
+            session: lock.session,
+            keys: lock.keys.clone(),
+            mode: lock.mode,
+            fence_token,
+            granted_at,
+            expires_at: if lock.is_held() {
+                self.effective_expiry(lock)
+            } else {
+                None
+            },
+            wait_deadline,
+        }
+    }
+
+    pub(crate) fn forget_idle_key(&mut self, key: &str) {
+        if self.lock_keys.get(key).is_some_and(KeyLocks::is_idle) {
+            self.lock_keys.remove(key);
+        }
+    }
+
+    /// FENCED unless `token` is the fence of a current holder of `key`.
+    pub(crate) fn check_fence_current(&self, key: &str, token: u64) -> Result<(), Error> {
+        let current = self.current_tokens(key);
+        if current.contains(&token) {
+            return Ok(());
+        }
+        let message = if current.is_empty() {
+            format!(
+                "fence token {token} for {key:?} is no longer current: the key is not locked now; stop writing and acquire the lock again"
+            )
+        } else {
+            format!(
+                "fence token {token} for {key:?} is no longer current (current: {current:?}); stop writing and acquire the lock again"
+            )
+        };
+        Err(Error::new(ErrorCode::Fenced, message)
+            .with_details(json!({ "key": key, "token": token, "current_tokens": current })))
+    }
+
+    pub(crate) fn current_tokens(&self, key: &str) -> Vec<u64> {
+        self.lock_keys
+            .get(key)
+            .map(|state| {
+                state
+                    .holders
+                    .iter()
+                    .filter_map(|id| self.locks.get(id).and_then(Lock::fence_token))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    // ---- idempotency --------------------------------------------------------
+
+    /// `Ok(Some(reply))` for a repeat, `Ok(None)` for a first use, `Err` for a mismatch.
+    fn check_idempotency(&self, command: &Command) -> Result<Option<Reply>, Error> {
+        let Some(key) = &command.idempotency_key else {
+            return Ok(None);
+        };
+        if key.is_empty() || key.len() > self.limits.max_idempotency_key_bytes {
+            return Err(Error::invalid(
+                "idempotency_key",
+                format!(
+                    "must be 1 to {} bytes",
+                    self.limits.max_idempotency_key_bytes
+                ),
+            ));
+        }
+        let Some(record) = self
+            .idempotency
+            .get(&command.agent)
+            .and_then(|m| m.get(key))
+        else {
+            return Ok(None);
+        };
+        if record.fingerprint == fingerprint(command) {
+            Ok(Some(record.reply.clone()))
+        } else {
+            Err(Error::new(
+                ErrorCode::IdempotencyMismatch,
+                format!(
+                    "idempotency key {key:?} was used by agent {:?} for a different request at {}; use a new key for a new request",
+                    command.agent,
+                    validate::rfc3339(record.time)
+                ),
+            )
+            .with_details(json!({ "idempotency_key": key })))
+        }
+    }
+
+    /// A recorded reply, refreshed where the thing it describes has moved on
+    /// (a queued lock that has since been granted).
+    fn replay(&self, recorded: Reply) -> Reply {
+        match recorded {
+            Ok(Response::Lock(info)) => match self.locks.get(&info.lock_id) {
+                Some(lock) => Ok(Response::Lock(self.lock_info(info.lock_id, lock))),
+                None if info.status == LockStatus::Waiting => {
+                    Err(self.gone_error("lock", info.lock_id))
+                }
+                None => Ok(Response::Lock(info)),
+            },
+            other => other,
+        }
+    }
+
+    fn record_idempotency(&mut self, agent: &str, key: String, fingerprint: u64, reply: &Reply) {
+        let record = IdempotencyRecord {
+            fingerprint,
+            reply: reply.clone(),
+            time: self.now,
+        };
+        self.idempotency
+            .entry(agent.to_string())
+            .or_default()
+            .insert(key.clone(), record);
+        self.idempotency_order
+            .push_back((self.now, agent.to_string(), key));
+        self.expire_idempotency();
+    }
+
+    fn expire_idempotency(&mut self) {
+        let retention = self.limits.idempotency_retention_ms;
+        while let Some((time, _, _)) = self.idempotency_order.front() {
+            let too_many = self.idempotency_order.len() > self.limits.idempotency_entries;
+            if !too_many && time.saturating_add(retention) > self.now {
+                break;
+            }
+            let (time, agent, key) = self.idempotency_order.pop_front().expect("front exists");
+            if let Some(records) = self.idempotency.get_mut(&agent) {
+                // Only drop the record this order entry was made for.
+                if records.get(&key).is_some_and(|r| r.time == time) {
+                    records.remove(&key);
+                }
+                if records.is_empty() {
+                    self.idempotency.remove(&agent);
+                }
+            }
+        }
+    }
+
+    // ---- invariants ---------------------------------------------------------
+
+    /// Cheap structural checks after every apply in debug builds: a broken
+    /// invariant must fail loudly in tests, never silently corrupt state.
+    fn debug_check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        for (key, state) in &self.lock_keys {
+            let holders: Vec<&Lock> = state.holders.iter().map(|id| &self.locks[id]).collect();
+            let exclusive = holders
+                .iter()
+                .filter(|l| l.mode == LockMode::Exclusive)
+                .count();
+            assert!(
+                exclusive == 0 || holders.len() == 1,
+                "key {key} has an exclusive holder among {} holders",
+                holders.len()
+            );
+            assert!(
+                holders.iter().all(|l| l.is_held()),
+                "key {key} lists a non-held holder"
+            );
+            assert!(
+                state.waiters.iter().all(|id| !self.locks[id].is_held()),
+                "key {key} lists a held waiter"
+            );
+        }
+        let held = self.locks.values().filter(|l| l.is_held()).count();
+        assert_eq!(held, self.locks_held, "held-lock count drifted");
+    }
+}
+
+/// FNV-1a over the request's canonical JSON: what makes "the same request".
+fn fingerprint(command: &Command) -> u64 {
+    let bytes = serde_json::to_vec(&(&command.session, &command.fence, &command.op))
+        .expect("commands serialize");
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,246 @@
+//! What commands and queries answer. These are the `result` objects of the
+//! `{"ok": true, "result": ...}` envelope on every transport.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::command::LockMode;
+use crate::error::Error;
+
+/// The answer to one command.
+pub type Reply = Result<Response, Error>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Response {
+    Session(SessionInfo),
+    Lock(LockInfo),
+    Release(ReleaseResult),
+    Write(WriteResult),
+    Delete(DeleteResult),
+    Counter(CounterResult),
+    Txn(TxnResult),
+    /// Tick: nothing to say.
+    Empty {},
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: u64,
+    pub agent: String,
+    pub ttl_ms: u64,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockStatus {
+    Held,
+    Waiting,
+}
+
+/// A live lock: held (with its fencing token) or queued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub lock_id: u64,
+    pub status: LockStatus,
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    pub keys: Vec<String>,
+    pub mode: LockMode,
+    /// The log sequence number of the grant; only ever grows per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<u64>,
+    /// When the lease ends unless renewed (the lock's TTL or its session's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// For a waiting lock: when the wait gives up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_deadline: Option<u64>,
+}
+
+/// Why a lock or session is no longer live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Released, or its session closed, by its owner.
+    Released,
+    /// A waiting lock withdrawn by its owner.
+    Cancelled,
+    /// Its TTL (or its session's) ran out.
+    Expired,
+    /// An admin killed its session.
+    Killed,
+    /// Its wait deadline passed without a grant.
+    TimedOut,
+    /// Refused as a deadlock while waiting.
+    Deadlock,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Cancelled => "cancelled",
+            EndReason::Expired => "expired",
+            EndReason::Killed => "killed",
+            EndReason::TimedOut => "timed_out",
+            EndReason::Deadlock => "deadlock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseResult {
+    pub lock_id: u64,
+    /// True only if this call ended a live lock.
+    pub released: bool,
+    /// What the lock's end was: `released` or `cancelled` by this call, or an
+    /// earlier `released`, `expired`, `killed`... when `released` is false.
+    pub outcome: EndReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResult {
+    pub key: String,
+    /// The key's new version: the revision that wrote it (never reused).
+    pub version: u64,
+    /// The version it replaced; absent if the key was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteResult {
+    pub key: String,
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterResult {
+    pub key: String,
+    pub value: i64,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnResult {
+    /// Whether the compares held (and so `success` ran rather than `failure`).
+    pub succeeded: bool,
+    pub revision: u64,
+    /// One result per op of the branch that ran, in order.
+    pub results: Vec<TxnOpResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TxnOpResult {
+    Get { key: String, entry: Option<Entry> },
+    Write(WriteResult),
+    Delete(DeleteResult),
+    Counter(CounterResult),
+}
+
+/// A state key as read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub value: Arc<Value>,
+    pub version: u64,
+    pub created_revision: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// A read of one key, with the revision the state was read at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetResult {
+    #[serde(flatten)]
+    pub entry: Entry,
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListResult {
+    pub entries: Vec<Entry>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+    pub revision: u64,
+}
+
+/// One past version of a key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub time: u64,
+    pub agent: String,
+    pub value: Arc<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResult {
+    pub key: String,
+    /// Newest first.
+    pub versions: Vec<HistoryEntry>,
+    pub revision: u64,
+}
+
+/// Holders and waiters of one lock key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLocksInfo {
+    pub key: String,
+    pub holders: Vec<LockInfo>,
+    /// In queue order.
+    pub waiters: Vec<LockInfo>,
+    /// Lock-delay after an expiry: no grant before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed_until: Option<u64>,
+    /// The highest fencing token ever granted on this key, if remembered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fence_token: Option<u64>,
+}
+
+/// The state of a lock id, live or ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LockState {
+    Live(LockInfo),
+    Ended {
+        lock_id: u64,
+        status: EndReason,
+        ended_at: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceCheck {
+    pub key: String,
+    pub token: u64,
+    /// True if `token` is the fence of a lock that holds `key` now.
+    pub valid: bool,
+    /// Fences of the current holders.
+    pub current_tokens: Vec<u64>,
+}
+
+/// Counts for `status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub revision: u64,
+    pub time: u64,
+    pub sessions: usize,
+    pub locks_held: usize,
+    pub locks_waiting: usize,
+    pub keys: usize,
+    pub idempotency_records: usize,
+}
