@@ -1,0 +1,353 @@
+//! One suite, every backend: whatever passes here behaves the same for the
+//! server. A new backend (PostgreSQL) adds a `Backend` impl and one test.
+
+use baton_log::{Entry, FaultyLog, FileLog, Log, LogError, MAX_ENTRY_BYTES, MemLog, Seq, Snapshot};
+use tempfile::TempDir;
+
+/// How the suite makes and reopens logs of one backend.
+trait Backend {
+    type L: Log;
+    /// A new, empty log.
+    fn fresh(&mut self) -> Self::L;
+    /// Close `log` and open it again, as a restart would. Backends without
+    /// durability hand the same log back.
+    fn reopen(&mut self, log: Self::L) -> Self::L;
+}
+
+struct Mem;
+impl Backend for Mem {
+    type L = MemLog;
+    fn fresh(&mut self) -> MemLog {
+        MemLog::new()
+    }
+    fn reopen(&mut self, log: MemLog) -> MemLog {
+        log
+    }
+}
+
+#[derive(Default)]
+struct File {
+    dirs: Vec<TempDir>,
+}
+impl Backend for File {
+    type L = FileLog;
+    fn fresh(&mut self) -> FileLog {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = FileLog::open(&dir.path().join("data")).expect("open fresh FileLog");
+        self.dirs.push(dir);
+        log
+    }
+    fn reopen(&mut self, log: FileLog) -> FileLog {
+        let dir = log.dir().to_path_buf();
+        drop(log);
+        FileLog::open(&dir).expect("reopen FileLog")
+    }
+}
+
+/// A `FaultyLog` with no fault set must be indistinguishable from its inner log.
+struct Faulty<B: Backend>(B);
+impl<B: Backend> Backend for Faulty<B> {
+    type L = FaultyLog<B::L>;
+    fn fresh(&mut self) -> Self::L {
+        FaultyLog::new(self.0.fresh())
+    }
+    fn reopen(&mut self, log: Self::L) -> Self::L {
+        let plan = log.plan();
+        FaultyLog::with_plan(self.0.reopen(log.into_inner()), plan)
+    }
+}
+
+fn payload(seq: Seq) -> Vec<u8> {
+    format!("command-{seq}").into_bytes()
+}
+
+fn batch(seqs: std::ops::RangeInclusive<Seq>) -> Vec<Vec<u8>> {
+    seqs.map(payload).collect()
+}
+
+fn seqs(entries: &[Entry]) -> Vec<Seq> {
+    entries.iter().map(|e| e.seq).collect()
+}
+
+/// Asserts the log holds exactly `first..=last`, each with `payload(seq)`.
+fn assert_holds<L: Log>(log: &L, first: Seq, last: Seq) {
+    assert_eq!(log.first_seq().unwrap(), first, "first_seq");
+    assert_eq!(log.last_seq().unwrap(), last, "last_seq");
+    let entries = log.read_from(0, usize::MAX).unwrap();
+    assert_eq!(seqs(&entries), (first..=last).collect::<Vec<_>>());
+    for entry in &entries {
+        assert_eq!(entry.data, payload(entry.seq), "data of seq {}", entry.seq);
+    }
+}
+
+fn run_conformance<B: Backend>(backend: &mut B) {
+    empty_log(backend.fresh());
+    append_is_contiguous(backend.fresh());
+    empty_batch_appends_nothing(backend.fresh());
+    read_from_respects_from_and_max(backend.fresh());
+    snapshot_replaces_and_loads(backend.fresh());
+    snapshot_must_be_replayable(backend.fresh());
+    truncate_needs_a_snapshot(backend.fresh());
+    truncate_everything_keeps_the_head(backend);
+    reopen_keeps_everything(backend);
+    oversized_entry_leaves_log_untouched(backend.fresh());
+}
+
+fn empty_log<L: Log>(log: L) {
+    assert_eq!(log.last_seq().unwrap(), 0);
+    assert_eq!(log.first_seq().unwrap(), 1);
+    assert!(log.read_from(0, 10).unwrap().is_empty());
+    assert!(log.read_from(1, 10).unwrap().is_empty());
+    assert!(log.load_snapshot().unwrap().is_none());
+}
+
+fn append_is_contiguous<L: Log>(mut log: L) {
+    assert_eq!(log.append(&batch(1..=3)).unwrap(), 1..=3);
+    assert_eq!(log.append(&batch(4..=4)).unwrap(), 4..=4);
+    assert_eq!(log.append(&batch(5..=1004)).unwrap(), 5..=1004);
+    assert_holds(&log, 1, 1004);
+    // A zero-length entry is an entry like any other.
+    assert_eq!(log.append(&[Vec::new()]).unwrap(), 1005..=1005);
+    let last = log.read_from(1005, 10).unwrap();
+    assert_eq!(
+        last,
+        vec![Entry {
+            seq: 1005,
+            data: Vec::new()
+        }]
+    );
+}
+
+fn empty_batch_appends_nothing<L: Log>(mut log: L) {
+    let range = log.append(&[]).unwrap();
+    assert!(range.is_empty());
+    assert_eq!(
+        (*range.start(), *range.end()),
+        (1, 0),
+        "the empty range sits just after the head"
+    );
+    log.append(&batch(1..=4)).unwrap();
+    let range = log.append(&[]).unwrap();
+    assert!(range.is_empty());
+    assert_eq!((*range.start(), *range.end()), (5, 4));
+    assert_holds(&log, 1, 4);
+    assert_eq!(log.append(&batch(5..=5)).unwrap(), 5..=5);
+}
+
+fn read_from_respects_from_and_max<L: Log>(mut log: L) {
+    log.append(&batch(1..=10)).unwrap();
+    assert_eq!(seqs(&log.read_from(0, 3).unwrap()), vec![1, 2, 3]);
+    assert_eq!(seqs(&log.read_from(4, 2).unwrap()), vec![4, 5]);
+    assert_eq!(seqs(&log.read_from(9, 100).unwrap()), vec![9, 10]);
+    assert!(log.read_from(11, 100).unwrap().is_empty());
+    assert!(log.read_from(Seq::MAX, 100).unwrap().is_empty());
+    assert!(log.read_from(1, 0).unwrap().is_empty());
+}
+
+fn snapshot_replaces_and_loads<L: Log>(mut log: L) {
+    log.append(&batch(1..=5)).unwrap();
+    let first = Snapshot {
+        seq: 2,
+        data: b"state@2".to_vec(),
+    };
+    log.save_snapshot(&first).unwrap();
+    assert_eq!(log.load_snapshot().unwrap(), Some(first));
+    let second = Snapshot {
+        seq: 5,
+        data: b"state@5".to_vec(),
+    };
+    log.save_snapshot(&second).unwrap();
+    assert_eq!(log.load_snapshot().unwrap(), Some(second));
+    // Saving a snapshot does not touch the entries.
+    assert_holds(&log, 1, 5);
+}
+
+fn snapshot_must_be_replayable<L: Log>(mut log: L) {
+    // Beyond the head: nothing to replay up to it.
+    let err = log
+        .save_snapshot(&Snapshot {
+            seq: 1,
+            data: vec![],
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::SnapshotOutOfRange { seq: 1, .. }),
+        "{err}"
+    );
+    // Seq 0 (the empty state) is fine on a log that starts at 1.
+    log.save_snapshot(&Snapshot {
+        seq: 0,
+        data: b"empty".to_vec(),
+    })
+    .unwrap();
+    log.append(&batch(1..=6)).unwrap();
+    log.save_snapshot(&Snapshot {
+        seq: 4,
+        data: vec![],
+    })
+    .unwrap();
+    log.truncate_before(5).unwrap();
+    // Below first_seq - 1: entries 3..=4 it would need are gone.
+    let err = log
+        .save_snapshot(&Snapshot {
+            seq: 3,
+            data: vec![],
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::SnapshotOutOfRange {
+                seq: 3,
+                first_seq: 5,
+                last_seq: 6
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(log.load_snapshot().unwrap().unwrap().seq, 4);
+    // Exactly first_seq - 1 is replayable.
+    log.save_snapshot(&Snapshot {
+        seq: 4,
+        data: b"again".to_vec(),
+    })
+    .unwrap();
+}
+
+fn truncate_needs_a_snapshot<L: Log>(mut log: L) {
+    log.append(&batch(1..=10)).unwrap();
+    // No snapshot: every entry is needed.
+    let err = log.truncate_before(2).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::TruncateBeyondSnapshot {
+                requested: 2,
+                snapshot_seq: None
+            }
+        ),
+        "{err}"
+    );
+    // Up to first_seq is a no-op, snapshot or not.
+    log.truncate_before(0).unwrap();
+    log.truncate_before(1).unwrap();
+    assert_holds(&log, 1, 10);
+
+    log.save_snapshot(&Snapshot {
+        seq: 6,
+        data: vec![],
+    })
+    .unwrap();
+    // Seq 8 would delete entry 7, which the snapshot does not cover.
+    let err = log.truncate_before(8).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::TruncateBeyondSnapshot {
+                requested: 8,
+                snapshot_seq: Some(6)
+            }
+        ),
+        "{err}"
+    );
+    assert_holds(&log, 1, 10);
+
+    log.truncate_before(4).unwrap();
+    assert_holds(&log, 4, 10);
+    assert_eq!(seqs(&log.read_from(2, 2).unwrap()), vec![4, 5]);
+    // Going backwards is a no-op, not an error.
+    log.truncate_before(2).unwrap();
+    assert_holds(&log, 4, 10);
+    log.truncate_before(7).unwrap();
+    assert_holds(&log, 7, 10);
+}
+
+fn truncate_everything_keeps_the_head<B: Backend>(backend: &mut B) {
+    let mut log = backend.fresh();
+    log.append(&batch(1..=5)).unwrap();
+    log.save_snapshot(&Snapshot {
+        seq: 5,
+        data: b"all".to_vec(),
+    })
+    .unwrap();
+    log.truncate_before(6).unwrap();
+    assert_eq!(log.first_seq().unwrap(), 6);
+    assert_eq!(
+        log.last_seq().unwrap(),
+        5,
+        "truncation never lowers the head"
+    );
+    assert!(log.read_from(0, 10).unwrap().is_empty());
+    log = backend.reopen(log);
+    assert_eq!(log.first_seq().unwrap(), 6);
+    assert_eq!(log.last_seq().unwrap(), 5);
+    assert_eq!(log.append(&batch(6..=7)).unwrap(), 6..=7);
+    assert_holds(&log, 6, 7);
+}
+
+fn reopen_keeps_everything<B: Backend>(backend: &mut B) {
+    let mut log = backend.fresh();
+    log = backend.reopen(log);
+    assert_eq!(log.last_seq().unwrap(), 0);
+    log.append(&batch(1..=100)).unwrap();
+    log.append(&batch(101..=200)).unwrap();
+    let snapshot = Snapshot {
+        seq: 150,
+        data: vec![7; 10_000],
+    };
+    log.save_snapshot(&snapshot).unwrap();
+    log.truncate_before(120).unwrap();
+
+    let mut log = backend.reopen(log);
+    assert_holds(&log, 120, 200);
+    assert_eq!(log.load_snapshot().unwrap(), Some(snapshot));
+    // The truncation rule holds across the restart too.
+    assert!(log.truncate_before(152).is_err());
+    assert_eq!(log.append(&batch(201..=201)).unwrap(), 201..=201);
+    let log = backend.reopen(log);
+    assert_holds(&log, 120, 201);
+}
+
+fn oversized_entry_leaves_log_untouched<L: Log>(mut log: L) {
+    log.append(&batch(1..=2)).unwrap();
+    let err = log
+        .append(&[payload(3), vec![0; MAX_ENTRY_BYTES + 1]])
+        .unwrap_err();
+    assert!(
+        matches!(err, LogError::EntryTooLarge { index: 1, .. }),
+        "{err}"
+    );
+    assert_holds(&log, 1, 2);
+    assert_eq!(log.append(&batch(3..=3)).unwrap(), 3..=3);
+}
+
+#[test]
+fn mem_log_conforms() {
+    run_conformance(&mut Mem);
+}
+
+#[test]
+fn file_log_conforms() {
+    run_conformance(&mut File::default());
+}
+
+#[test]
+fn faulty_log_without_faults_conforms() {
+    run_conformance(&mut Faulty(Mem));
+    run_conformance(&mut Faulty(File::default()));
+}
+
+#[test]
+fn boxed_dyn_log_conforms() {
+    struct Boxed;
+    impl Backend for Boxed {
+        type L = Box<dyn Log>;
+        fn fresh(&mut self) -> Box<dyn Log> {
+            Box::new(MemLog::new())
+        }
+        fn reopen(&mut self, log: Box<dyn Log>) -> Box<dyn Log> {
+            log
+        }
+    }
+    run_conformance(&mut Boxed);
+}
