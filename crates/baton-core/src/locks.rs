@@ -134,7 +134,14 @@ impl StateMachine {
                 .with_details(json!({ "key": key, "waiters": queued })));
             }
         }
-        if let Some(cycle) = self.find_cycle(&party, &blockers) {
+        // Only a party that already holds or awaits something can be waited
+        // on, so only then can its wait close a cycle (the common case skips this).
+        let cycle = if self.party_locks.contains_key(&party) {
+            self.find_cycle(&party, &blockers)
+        } else {
+            None
+        };
+        if let Some(cycle) = cycle {
             let description: Vec<String> = cycle
                 .iter()
                 .map(|step| {
@@ -369,11 +376,20 @@ impl StateMachine {
     /// in queue (lock id) order. One pass suffices: a grant only adds holders
     /// that any later incompatible waiter was already queued behind.
     pub(crate) fn grant_waiters(&mut self, seq: u64, keys: &[String], fx: &mut Effects) {
-        let candidates: BTreeSet<u64> = keys
-            .iter()
-            .filter_map(|k| self.lock_keys.get(k))
-            .flat_map(|s| s.waiters.iter().copied())
-            .collect();
+        // Per key only the queue's compatible prefix can go: a waiter behind
+        // an incompatible one stays blocked whether or not that one is granted.
+        let mut candidates = BTreeSet::new();
+        for state in keys.iter().filter_map(|k| self.lock_keys.get(k)) {
+            let mut modes: Vec<crate::command::LockMode> = Vec::new();
+            for id in &state.waiters {
+                let mode = self.locks[id].mode;
+                if modes.iter().any(|m| !m.compatible(mode)) {
+                    break;
+                }
+                modes.push(mode);
+                candidates.insert(*id);
+            }
+        }
         for id in candidates {
             let Some(lock) = self.locks.get(&id) else {
                 continue;

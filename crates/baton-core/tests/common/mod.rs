@@ -14,6 +14,12 @@ pub struct Harness {
     pub wakeups: Vec<Wakeup>,
 }
 
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Harness {
     pub fn new() -> Self {
         Self::with_limits(Limits::default())
