@@ -1,0 +1,42 @@
+//! `baton`: parses arguments, calls the library crates, prints the answer.
+//! Logic lives in the libraries; each subcommand has one module here that
+//! maps its arguments to library calls and its reply to `output::emit`.
+
+mod file;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::OutputMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Coordination for many agents: locks, versioned state, safe files"
+)]
+struct Cli {
+    /// Answer format: `json` (one envelope on stdout) or `text` for people.
+    /// Default: json when stdout is not a terminal, text when it is.
+    #[arg(long, short = 'o', global = true, env = "BATON_OUTPUT", value_enum)]
+    output: Option<OutputMode>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Safe edits of config and state files on this host, no server needed
+    File(file::FileArgs),
+}
+
+fn main() {
+    // Usage errors exit 2 (INVALID_ARGUMENT's exit code) through clap.
+    let cli = Cli::parse();
+    let mode = OutputMode::resolve(cli.output);
+    let code = match cli.command {
+        Command::File(args) => file::run(args, mode),
+    };
+    std::process::exit(code);
+}
