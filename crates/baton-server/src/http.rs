@@ -1,0 +1,952 @@
+//! HTTP/JSON transport: turn requests into core commands or reads, and
+//! replies into the envelope with the contract's status codes. No rule of
+//! Baton lives here.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, extract::DefaultBodyLimit};
+use baton_core::{
+    Command, Compare, Error, ErrorCode, Fence, LockAcquire, LockMode, Op, Patch, Txn, TxnOp,
+    envelope,
+};
+use futures_util::stream::{self, Stream, StreamExt};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::ServeConfig;
+use crate::events::Stamped;
+use crate::metrics_names as m;
+use crate::sequencer::Sequencer;
+
+pub const AGENT_HEADER: &str = "baton-agent";
+pub const SESSION_HEADER: &str = "baton-session";
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// Default and largest page for list-style reads.
+const DEFAULT_PAGE: usize = 100;
+
+#[derive(Clone)]
+pub struct AppState {
+    sequencer: Arc<Sequencer>,
+    config: Arc<ServeConfig>,
+    metrics: PrometheusHandle,
+    watchers: Arc<AtomicUsize>,
+}
+
+impl AppState {
+    pub fn new(sequencer: Arc<Sequencer>, config: ServeConfig, metrics: PrometheusHandle) -> Self {
+        AppState {
+            sequencer,
+            config: Arc::new(config),
+            metrics,
+            watchers: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { reply_json(Ok(json!({ "status": "up" }))) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/status", get(status))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/sessions", post(session_open).get(session_list))
+        .route("/v1/sessions/{id}", get(session_get).delete(session_close))
+        .route("/v1/sessions/{id}/keepalive", post(session_keepalive))
+        .route("/v1/sessions/{id}/kill", post(session_kill))
+        .route("/v1/locks", post(lock_acquire).get(lock_list))
+        .route("/v1/locks/{id}", get(lock_get).delete(lock_release))
+        .route("/v1/locks/{id}/renew", post(lock_renew))
+        .route("/v1/fence", get(fence_check))
+        .route("/v1/kv", get(kv_list))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv_get).put(kv_put).patch(kv_patch).delete(kv_delete),
+        )
+        .route("/v1/history/{*key}", get(kv_history))
+        .route("/v1/txn", post(txn))
+        .route("/v1/counters/add", post(counter_add))
+        .route("/v1/events", get(events))
+        .route("/v1/watch", get(watch))
+        .fallback(|| async {
+            reply_json::<Value>(Err(Error::new(
+                ErrorCode::NotFound,
+                "no such endpoint; see GET /v1/openapi.json",
+            )))
+        })
+        .layer(middleware::from_fn(count_requests))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn count_requests(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    metrics::counter!(m::REQUESTS, "route" => route, "method" => method, "status" => response.status().as_u16().to_string())
+        .increment(1);
+    response
+}
+
+// ---- replies ----------------------------------------------------------------
+
+/// The envelope with the contract's HTTP status, plus `Retry-After`.
+pub fn reply_json<T: serde::Serialize>(reply: Result<T, Error>) -> Response {
+    let status = match &reply {
+        Ok(_) => StatusCode::OK,
+        Err(error) => StatusCode::from_u16(error.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    };
+    let retry_after = reply.as_ref().err().and_then(|e| e.retry_after_ms);
+    let mut response = (status, axum::Json(envelope(&reply))).into_response();
+    if let Some(ms) = retry_after
+        && let Ok(value) = HeaderValue::from_str(&ms.div_ceil(1000).to_string())
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+// ---- extraction ---------------------------------------------------------------
+
+/// A JSON body; errors name the offending field. An empty body reads as `{}`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "the request body is larger than the server's max_body_bytes".to_string()
+                } else {
+                    rejection.body_text()
+                };
+                reply_json::<Value>(Err(Error::invalid("body", message)))
+            })?;
+        decode_body(&bytes)
+            .map(JsonBody)
+            .map_err(|e| reply_json::<Value>(Err(e)))
+    }
+}
+
+/// Decode a request body, naming the field path of any error.
+pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Error::invalid(&field, error.into_inner())
+    })
+}
+
+fn query<T: DeserializeOwned>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Error> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| Error::invalid("query", e.body_text()))
+}
+
+fn path_id(
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    what: &str,
+) -> Result<u64, Error> {
+    let Path(raw) = path.map_err(|e| Error::invalid(what, e.body_text()))?;
+    raw.parse().map_err(|_| {
+        Error::invalid(
+            what,
+            format!("{raw:?} is not a {what} (a positive integer)"),
+        )
+    })
+}
+
+/// Who is asking: agent, session and idempotency key from the headers.
+struct Caller {
+    agent: String,
+    session: Option<u64>,
+    idempotency_key: Option<String>,
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Error> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| Error::invalid(name, "header is not valid text")),
+    }
+}
+
+fn caller(headers: &HeaderMap) -> Result<Caller, Error> {
+    let agent = header_text(headers, AGENT_HEADER)?
+        .ok_or_else(|| {
+            Error::invalid(
+                "Baton-Agent",
+                "every write names its agent: send the Baton-Agent header",
+            )
+        })?
+        .to_string();
+    let session = match header_text(headers, SESSION_HEADER)? {
+        None | Some("") => None,
+        Some(text) => Some(text.parse().map_err(|_| {
+            Error::invalid(
+                "Baton-Session",
+                format!("{text:?} is not a session id (a positive integer)"),
+            )
+        })?),
+    };
+    let idempotency_key = header_text(headers, IDEMPOTENCY_HEADER)?.map(str::to_string);
+    Ok(Caller {
+        agent,
+        session,
+        idempotency_key,
+    })
+}
+
+impl AppState {
+    async fn run(&self, headers: &HeaderMap, op: Op, fence: Option<Fence>) -> Response {
+        let reply = match caller(headers) {
+            Ok(caller) => {
+                let command = Command {
+                    agent: caller.agent,
+                    session: caller.session,
+                    idempotency_key: caller.idempotency_key,
+                    fence,
+                    op,
+                };
+                self.sequencer.submit(command).await
+            }
+            Err(error) => Err(error),
+        };
+        reply_json(reply)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&baton_core::StateMachine) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let machine = self
+            .sequencer
+            .shared()
+            .machine
+            .read()
+            .map_err(|_| Error::new(ErrorCode::Internal, "state lock poisoned"))?;
+        f(&machine)
+    }
+}
+
+// ---- health, status, metrics ---------------------------------------------------
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state
+        .sequencer
+        .shared()
+        .failed
+        .lock()
+        .expect("failed lock")
+        .clone()
+    {
+        None => reply_json(Ok(json!({ "status": "ready" }))),
+        Some(why) => reply_json::<Value>(Err(Error::new(
+            ErrorCode::Unavailable,
+            format!("not ready for writes: {why}"),
+        ))),
+    }
+}
+
+async fn status(State(state): State<AppState>) -> Response {
+    let stats = state.read(|m| Ok(m.stats()));
+    reply_json(stats.map(|stats| {
+        let mut value = serde_json::to_value(stats).expect("stats serialize");
+        value["version"] = json!(env!("CARGO_PKG_VERSION"));
+        value["events_from_revision"] = json!(state.sequencer.shared().events.complete_from());
+        value["data_dir"] = json!(state.config.data_dir.display().to_string());
+        value["writable"] = json!(
+            state
+                .sequencer
+                .shared()
+                .failed
+                .lock()
+                .expect("failed lock")
+                .is_none()
+        );
+        value
+    }))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    if let Ok(stats) = state.read(|m| Ok(m.stats())) {
+        m::set_gauges(&stats);
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [("content-type", "application/json")],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+// ---- sessions ---------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionOpenBody {
+    ttl_ms: u64,
+}
+
+async fn session_open(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SessionOpenBody>,
+) -> Response {
+    state
+        .run(
+            &headers,
+            Op::SessionOpen {
+                ttl_ms: body.ttl_ms,
+            },
+            None,
+        )
+        .await
+}
+
+async fn session_list(State(state): State<AppState>) -> Response {
+    reply_json(state.read(|m| Ok(json!({ "sessions": m.sessions() }))))
+}
+
+async fn session_get(
+    State(state): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    reply_json(path_id(id, "session_id").and_then(|id| state.read(|m| m.session(id))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+async fn session_keepalive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(_): JsonBody<Empty>,
+) -> Response {
+    match path_id(id, "session_id") {
+        Ok(session_id) => {
+            state
+                .run(&headers, Op::SessionKeepalive { session_id }, None)
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+async fn session_close(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match path_id(id, "session_id") {
+        Ok(session_id) => {
+            state
+                .run(&headers, Op::SessionClose { session_id }, None)
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn session_kill(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<KillBody>,
+) -> Response {
+    match path_id(id, "session_id") {
+        Ok(session_id) => {
+            state
+                .run(
+                    &headers,
+                    Op::SessionKill {
+                        session_id,
+                        reason: body.reason,
+                    },
+                    None,
+                )
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+// ---- locks ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    keys: Vec<String>,
+    #[serde(default)]
+    mode: LockMode,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    wait_ms: u64,
+    #[serde(default)]
+    lock_delay_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn lock_acquire(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AcquireBody>,
+) -> Response {
+    if body.wait_ms > state.config.max_wait_ms {
+        return reply_json::<Value>(Err(Error::invalid(
+            "wait_ms",
+            format!(
+                "at most {} ms on this server (--max-wait)",
+                state.config.max_wait_ms
+            ),
+        )));
+    }
+    let acquire = LockAcquire {
+        keys: body.keys,
+        mode: body.mode,
+        ttl_ms: body.ttl_ms,
+        wait_ms: body.wait_ms,
+        lock_delay_ms: body.lock_delay_ms,
+    };
+    // A waiting request is answered by the writer when granted or failed; if
+    // this future is dropped (client gone) the writer withdraws the request.
+    let mut stop = state.sequencer.stop_signal();
+    let run = state.run(&headers, Op::LockAcquire(acquire), body.fence);
+    match stop.as_mut() {
+        Some(stop) => tokio::select! {
+            response = run => response,
+            _ = stop.wait_for(|stopping| *stopping) => reply_json::<Value>(Err(Error::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down; your lock request was withdrawn; retry against a running server",
+            ))),
+        },
+        None => run.await,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockListQuery {
+    key: Option<String>,
+    prefix: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn lock_list(
+    State(state): State<AppState>,
+    q: Result<Query<LockListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let reply = query(q).and_then(|q| match (q.key, q.prefix) {
+        (Some(key), None) => state
+            .read(|m| m.key_locks(&key))
+            .map(|info| serde_json::to_value(info).expect("serializes")),
+        (None, prefix) => state.read(|m| {
+            let keys = m.locks_by_prefix(
+                prefix.as_deref().unwrap_or(""),
+                q.limit.unwrap_or(DEFAULT_PAGE),
+            );
+            Ok(json!({ "keys": keys }))
+        }),
+        (Some(_), Some(_)) => Err(Error::invalid("query", "give key or prefix, not both")),
+    });
+    reply_json(reply)
+}
+
+async fn lock_get(
+    State(state): State<AppState>,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    reply_json(path_id(id, "lock_id").and_then(|id| state.read(|m| m.lock_state(id))))
+}
+
+async fn lock_release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match path_id(id, "lock_id") {
+        Ok(lock_id) => state.run(&headers, Op::LockRelease { lock_id }, None).await,
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+}
+
+async fn lock_renew(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<RenewBody>,
+) -> Response {
+    match path_id(id, "lock_id") {
+        Ok(lock_id) => {
+            state
+                .run(
+                    &headers,
+                    Op::LockRenew {
+                        lock_id,
+                        ttl_ms: body.ttl_ms,
+                    },
+                    None,
+                )
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FenceQuery {
+    key: String,
+    token: u64,
+}
+
+async fn fence_check(
+    State(state): State<AppState>,
+    q: Result<Query<FenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    reply_json(query(q).and_then(|q| state.read(|m| m.check_fence(&q.key, q.token))))
+}
+
+// ---- state ------------------------------------------------------------------
+
+fn key_path(
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, Error> {
+    path.map(|Path(key)| key)
+        .map_err(|e| Error::invalid("key", e.body_text()))
+}
+
+async fn kv_get(
+    State(state): State<AppState>,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    reply_json(key_path(key).and_then(|key| state.read(|m| m.get(&key))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    value: Value,
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    if_absent: bool,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn kv_put(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<PutBody>,
+) -> Response {
+    match key_path(key) {
+        Ok(key) => {
+            let op = Op::Put {
+                key,
+                value: body.value,
+                if_version: body.if_version,
+                if_absent: body.if_absent,
+                ttl_ms: body.ttl_ms,
+            };
+            state.run(&headers, op, body.fence).await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    #[serde(default)]
+    merge: Option<Value>,
+    #[serde(default)]
+    json_patch: Option<Value>,
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn kv_patch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<PatchBody>,
+) -> Response {
+    let patch = match (body.merge, body.json_patch) {
+        (Some(patch), None) => Patch::Merge { patch },
+        (None, Some(ops)) => Patch::Json { ops },
+        _ => {
+            return reply_json::<Value>(Err(Error::invalid(
+                "body",
+                "give exactly one of merge (RFC 7396) or json_patch (RFC 6902)",
+            )));
+        }
+    };
+    match key_path(key) {
+        Ok(key) => {
+            state
+                .run(
+                    &headers,
+                    Op::Patch {
+                        key,
+                        patch,
+                        if_version: body.if_version,
+                    },
+                    body.fence,
+                )
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    #[serde(default)]
+    if_version: Option<u64>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn kv_delete(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<DeleteBody>,
+) -> Response {
+    match key_path(key) {
+        Ok(key) => {
+            state
+                .run(
+                    &headers,
+                    Op::Delete {
+                        key,
+                        if_version: body.if_version,
+                    },
+                    body.fence,
+                )
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn kv_list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    reply_json(query(q).and_then(|q| {
+        state.read(|m| {
+            m.list(
+                &q.prefix,
+                q.after.as_deref(),
+                q.limit.unwrap_or(DEFAULT_PAGE),
+            )
+        })
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn kv_history(
+    State(state): State<AppState>,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let reply = key_path(key).and_then(|key| {
+        let limit = query(q)?.limit.unwrap_or(DEFAULT_PAGE);
+        state.read(|m| m.history(&key, limit))
+    });
+    reply_json(reply)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TxnBody {
+    #[serde(default)]
+    compares: Vec<Compare>,
+    #[serde(default)]
+    success: Vec<TxnOp>,
+    #[serde(default)]
+    failure: Vec<TxnOp>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn txn(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<TxnBody>,
+) -> Response {
+    let op = Op::Txn(Txn {
+        compares: body.compares,
+        success: body.success,
+        failure: body.failure,
+    });
+    state.run(&headers, op, body.fence).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterBody {
+    key: String,
+    delta: i64,
+    #[serde(default)]
+    min: Option<i64>,
+    #[serde(default)]
+    max: Option<i64>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+async fn counter_add(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CounterBody>,
+) -> Response {
+    let op = Op::CounterAdd {
+        key: body.key,
+        delta: body.delta,
+        min: body.min,
+        max: body.max,
+    };
+    state.run(&headers, op, body.fence).await
+}
+
+// ---- events and watch -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    prefix: String,
+    from_revision: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let reply = query(q).and_then(|q| {
+        let limit = q
+            .limit
+            .unwrap_or(DEFAULT_PAGE)
+            .min(state.config.limits.max_list_page);
+        let from = q.from_revision.unwrap_or(1);
+        let (backlog, _) =
+            state
+                .sequencer
+                .shared()
+                .events
+                .subscribe(&q.prefix, Some(from), None, limit)?;
+        let revision = state.read(|m| Ok(m.revision()))?;
+        let next_revision = backlog
+            .last()
+            .map_or(from.max(revision + 1).min(revision + 1), |s| s.revision + 1);
+        let events: Vec<&baton_core::Event> = backlog.iter().map(|s| s.event.as_ref()).collect();
+        Ok(json!({ "events": events, "next_revision": next_revision }))
+    });
+    reply_json(reply)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    prefix: String,
+    from_revision: Option<u64>,
+}
+
+/// Decrements the live-watcher count when a stream ends.
+struct WatcherSlot(Arc<AtomicUsize>);
+
+impl Drop for WatcherSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn parse_event_id(text: &str) -> Option<(u64, u32)> {
+    let (revision, index) = text.split_once('.')?;
+    Some((revision.parse().ok()?, index.parse().ok()?))
+}
+
+fn sse(stamped: &Stamped) -> SseEvent {
+    SseEvent::default()
+        .event("baton")
+        .id(stamped.id())
+        .data(&*stamped.json)
+}
+
+async fn watch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(e) => return reply_json::<Value>(Err(e)),
+    };
+    let resume = match header_text(&headers, "last-event-id") {
+        Ok(Some(text)) => match parse_event_id(text) {
+            Some(position) => Some(position),
+            None => {
+                return reply_json::<Value>(Err(Error::invalid(
+                    "Last-Event-ID",
+                    "expected <revision>.<index>",
+                )));
+            }
+        },
+        Ok(None) => None,
+        Err(e) => return reply_json::<Value>(Err(e)),
+    };
+    if state.watchers.fetch_add(1, Ordering::SeqCst) >= state.config.max_watchers {
+        state.watchers.fetch_sub(1, Ordering::SeqCst);
+        return reply_json::<Value>(Err(Error::new(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "{} watchers are connected, the limit (max_watchers); retry later",
+                state.config.max_watchers
+            ),
+        )
+        .with_retry_after(1000)));
+    }
+    let slot = WatcherSlot(state.watchers.clone());
+    let subscribed =
+        state
+            .sequencer
+            .shared()
+            .events
+            .subscribe(&q.prefix, q.from_revision, resume, usize::MAX);
+    let (backlog, receiver) = match subscribed {
+        Ok(parts) => parts,
+        Err(e) => return reply_json::<Value>(Err(e)),
+    };
+    let last_sent = backlog
+        .last()
+        .map(Stamped::position)
+        .or(resume)
+        .unwrap_or((0, 0));
+    let prefix = q.prefix;
+    let backlog = stream::iter(backlog.into_iter().map(|s| Ok::<_, Infallible>(sse(&s))));
+    let live = stream::unfold(
+        (receiver, last_sent, prefix, false, slot),
+        |(mut receiver, last_sent, prefix, done, slot)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match receiver.recv().await {
+                    Ok(stamped) => {
+                        if stamped.position() <= last_sent || !stamped.event.matches_prefix(&prefix)
+                        {
+                            continue;
+                        }
+                        let position = stamped.position();
+                        return Some((
+                            Ok(sse(&stamped)),
+                            (receiver, position, prefix, false, slot),
+                        ));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let data = json!({
+                            "code": "COMPACTED",
+                            "message": format!("this watcher fell {missed} events behind and was cut off; resume with Last-Event-ID or from_revision"),
+                            "last_event_id": format!("{}.{}", last_sent.0, last_sent.1),
+                        });
+                        let event = SseEvent::default().event("cut_off").data(data.to_string());
+                        return Some((Ok(event), (receiver, last_sent, prefix, true, slot)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(backlog.chain(live))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[allow(dead_code)]
+fn _assert_stream<S: Stream>(_: S) {}

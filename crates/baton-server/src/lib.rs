@@ -1,0 +1,151 @@
+//! Baton's server: `baton serve`.
+//!
+//! The sequencer owns the Log and the core state machine on one writer
+//! thread: it batches the commands that arrive while the previous batch is
+//! being made durable (group commit: one fsync per batch), applies them in
+//! log order, and only then answers. HTTP handlers turn requests into core
+//! commands and read from the applied state. This crate holds no coordination
+//! rule of its own: every rule lives in `baton-core`.
+
+mod events;
+mod http;
+mod metrics_names;
+mod sequencer;
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use baton_core::Limits;
+pub use events::EventLog;
+pub use sequencer::{Sequencer, Shared};
+
+/// Everything `baton serve` can be told. Flags override the TOML file, the
+/// file overrides these defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Address to listen on. Loopback by default: Baton has no authentication yet.
+    pub listen: SocketAddr,
+    /// Where the embedded log lives.
+    pub data_dir: PathBuf,
+    /// Take a snapshot (and truncate the log before it) after this many commands.
+    pub snapshot_every_commands: u64,
+    /// ... or after this many seconds with at least one new command.
+    pub snapshot_every_secs: u64,
+    /// Most commands made durable in one batch (one fsync).
+    pub max_batch: usize,
+    /// Commands queued for the writer at most; beyond, requests get UNAVAILABLE.
+    pub max_queued_commands: usize,
+    /// Longest lock wait one HTTP request may ask for, in ms.
+    pub max_wait_ms: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Events kept in memory for `watch` and `events` from a past revision.
+    pub event_buffer: usize,
+    /// Events a watcher may fall behind before it is cut off.
+    pub watcher_lag: usize,
+    /// Concurrent watch streams at most.
+    pub max_watchers: usize,
+    /// Bounds of the state machine.
+    pub limits: Limits,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            data_dir: PathBuf::from("baton-data"),
+            snapshot_every_commands: 100_000,
+            snapshot_every_secs: 300,
+            max_batch: 4096,
+            max_queued_commands: 65_536,
+            max_wait_ms: 5 * 60 * 1000,
+            max_body_bytes: 2 * 1024 * 1024,
+            event_buffer: 100_000,
+            watcher_lag: 4096,
+            max_watchers: 10_000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Run `baton serve` until SIGTERM or Ctrl-C: stop accepting, finish
+/// in-flight batches, snapshot, return.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let log = baton_log::FileLog::open(&config.data_dir)?;
+    let sequencer = Sequencer::start(Box::new(log), &config)?;
+    serve(config, sequencer, shutdown_signal()).await
+}
+
+/// Serve a started sequencer until `shutdown` resolves (tests pass their own).
+pub async fn serve(
+    config: ServeConfig,
+    sequencer: Sequencer,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}: {e}; pick another address with --listen",
+                config.listen
+            )
+        })?;
+    serve_listener(listener, config, sequencer, shutdown).await
+}
+
+/// Serve on an already bound listener (tests bind port 0 and read the port).
+pub async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    config: ServeConfig,
+    sequencer: Sequencer,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = metrics_names::install();
+    let address = listener.local_addr()?;
+    let sequencer = Arc::new(sequencer);
+    let app = http::router(http::AppState::new(
+        sequencer.clone(),
+        config.clone(),
+        metrics,
+    ));
+    tracing::info!(%address, data_dir = %config.data_dir.display(), "baton serving");
+    eprintln!(
+        "baton: serving on http://{address} (data in {})",
+        config.data_dir.display()
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    sequencer.set_stop(stop_rx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    let sequencer = Arc::try_unwrap(sequencer)
+        .map_err(|_| anyhow::anyhow!("requests still running at shutdown"));
+    match sequencer {
+        Ok(sequencer) => tokio::task::spawn_blocking(move || sequencer.shutdown()).await??,
+        Err(e) => tracing::warn!("{e}"),
+    }
+    eprintln!("baton: stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler works on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+mod openapi;

@@ -1,0 +1,481 @@
+//! The sequencer: one writer thread that owns the Log and the state machine.
+//!
+//! Loop: take every command that arrived while the last batch was being
+//! written (up to `max_batch`), stamp them with one time, append them to the
+//! log in one durable write (group commit), apply them in seq order, then
+//! answer. A lock request that queues is answered when a later command grants
+//! or fails it (a wakeup). When nothing arrives, the thread sleeps until the
+//! core's next deadline and appends a Tick then.
+//!
+//! Storage failure is fail-stop: the batch is answered UNAVAILABLE, every
+//! later write too, and `readyz` turns 503; a restart recovers from the log.
+
+use baton_core::{Command, Error, ErrorCode, LockStatus, Op, Reply, Response, StateMachine};
+use baton_log::{Log, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+use crate::ServeConfig;
+use crate::events::EventLog;
+use crate::metrics_names as m;
+
+/// How often the writer looks for waiters whose HTTP client went away, while
+/// any wait is pending.
+const DISCONNECT_SCAN_INTERVAL: Duration = Duration::from_millis(50);
+/// Entries read per chunk when replaying the log at startup.
+const REPLAY_CHUNK: usize = 8192;
+
+/// A log entry: the command and the time the sequencer stamped on it.
+#[derive(Serialize, Deserialize)]
+struct LogRecord<'a> {
+    #[serde(rename = "t")]
+    time: u64,
+    #[serde(rename = "c", borrow)]
+    command: std::borrow::Cow<'a, Command>,
+}
+
+enum Request {
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Reply>,
+        received: Instant,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What handlers share with the writer thread.
+pub struct Shared {
+    pub machine: RwLock<StateMachine>,
+    pub events: EventLog,
+    /// Why writes are refused, after a storage failure.
+    pub failed: Mutex<Option<String>>,
+}
+
+pub struct Sequencer {
+    requests: SyncSender<Request>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    stop: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+}
+
+/// A queued lock request whose HTTP caller(s) wait for the outcome.
+struct PendingWait {
+    agent: String,
+    callers: Vec<oneshot::Sender<Reply>>,
+    since: Instant,
+    namespace: String,
+    cancelling: bool,
+}
+
+struct Writer {
+    log: Box<dyn Log>,
+    shared: Arc<Shared>,
+    requests: Receiver<Request>,
+    pending: HashMap<u64, PendingWait>,
+    max_batch: usize,
+    snapshot_every_commands: u64,
+    snapshot_every: Duration,
+    since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Sequencer {
+    /// Recover state from `log` (snapshot + replay) and start the writer.
+    pub fn start(log: Box<dyn Log>, config: &ServeConfig) -> Result<Self, anyhow::Error> {
+        let started = Instant::now();
+        let (mut machine, snapshot_seq) = match log.load_snapshot()? {
+            Some(snapshot) => (
+                StateMachine::restore(&snapshot.data, config.limits.clone())?,
+                snapshot.seq,
+            ),
+            None => (StateMachine::new(config.limits.clone()), 0),
+        };
+        let events = EventLog::new(config.event_buffer, config.watcher_lag, snapshot_seq + 1);
+        let mut next = snapshot_seq + 1;
+        let mut replayed = 0u64;
+        loop {
+            let entries = log.read_from(next, REPLAY_CHUNK)?;
+            let Some(last) = entries.last() else { break };
+            next = last.seq + 1;
+            for entry in &entries {
+                let record: LogRecord = serde_json::from_slice(&entry.data)
+                    .map_err(|e| anyhow::anyhow!("log entry {} is unreadable: {e}", entry.seq))?;
+                let out = machine.apply(entry.seq, record.time, &record.command);
+                events.push(out.events);
+                replayed += 1;
+            }
+        }
+        tracing::info!(
+            snapshot_seq,
+            replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state recovered"
+        );
+        eprintln!(
+            "baton: recovered revision {} (snapshot at {snapshot_seq}, {replayed} commands replayed) in {} ms",
+            machine.revision(),
+            started.elapsed().as_millis()
+        );
+        let shared = Arc::new(Shared {
+            machine: RwLock::new(machine),
+            events,
+            failed: Mutex::new(None),
+        });
+        let (requests, receiver) = std::sync::mpsc::sync_channel(config.max_queued_commands.max(1));
+        let mut writer = Writer {
+            log,
+            shared: shared.clone(),
+            requests: receiver,
+            pending: HashMap::new(),
+            max_batch: config.max_batch.max(1),
+            snapshot_every_commands: config.snapshot_every_commands.max(1),
+            snapshot_every: Duration::from_secs(config.snapshot_every_secs.max(1)),
+            since_snapshot: replayed,
+            last_snapshot: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("baton-writer".into())
+            .spawn(move || writer.run())?;
+        Ok(Sequencer {
+            requests,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            stop: Mutex::new(None),
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub(crate) fn set_stop(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        *self.stop.lock().expect("stop lock") = Some(stop);
+    }
+
+    /// A receiver that turns true when the server is shutting down.
+    pub(crate) fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.stop.lock().expect("stop lock").clone()
+    }
+
+    /// Submit a command; resolves when it is durable and applied (or, for a
+    /// queued lock request, when it is granted or fails).
+    pub async fn submit(&self, command: Command) -> Reply {
+        if let Some(why) = self.shared.failed.lock().expect("failed lock").clone() {
+            return Err(unavailable(&why));
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.requests.try_send(Request::Command {
+            command,
+            reply,
+            received: Instant::now(),
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the server's write queue is full; nothing was applied; retry shortly",
+                )
+                .with_retry_after(100));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(unavailable("the writer has stopped"));
+            }
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(unavailable("the writer stopped before answering")))
+    }
+
+    /// Stop the writer after it has drained its queue, then snapshot.
+    pub fn shutdown(self) -> Result<(), anyhow::Error> {
+        let (done, finished) = oneshot::channel();
+        if self.requests.send(Request::Shutdown(done)).is_ok() {
+            let _ = finished.blocking_recv();
+        }
+        if let Some(thread) = self.thread.lock().expect("thread lock").take() {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(why: &str) -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        format!(
+            "this node refuses writes: {why}; restart it once storage is healthy (acknowledged writes are safe)"
+        ),
+    )
+}
+
+impl Writer {
+    fn run(&mut self) {
+        loop {
+            let timeout = self.sleep_budget();
+            let first = match self.requests.recv_timeout(timeout) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            let mut batch: Vec<(Command, Option<(oneshot::Sender<Reply>, Instant)>)> = Vec::new();
+            let mut shutdown = None;
+            let mut push = |request: Request, batch: &mut Vec<_>| match request {
+                Request::Command {
+                    command,
+                    reply,
+                    received,
+                } => batch.push((command, Some((reply, received)))),
+                Request::Shutdown(done) => shutdown = Some(done),
+            };
+            if let Some(request) = first {
+                push(request, &mut batch);
+                while batch.len() < self.max_batch {
+                    match self.requests.try_recv() {
+                        Ok(request) => push(request, &mut batch),
+                        Err(_) => break,
+                    }
+                }
+            }
+            for cancel in self.disconnected_waiters() {
+                batch.push((cancel, None));
+            }
+            let now = now_ms();
+            let deadline_due = self
+                .read_machine()
+                .next_deadline()
+                .is_some_and(|d| d <= now);
+            if batch.is_empty() && deadline_due {
+                batch.push((Command::tick(), None));
+            }
+            if !batch.is_empty() {
+                self.write_batch(batch, now);
+            }
+            if let Some(done) = shutdown {
+                self.drain_for_shutdown();
+                self.snapshot();
+                let _ = done.send(());
+                return;
+            }
+            if self.since_snapshot >= self.snapshot_every_commands
+                || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.snapshot_every)
+            {
+                self.snapshot();
+            }
+        }
+    }
+
+    fn read_machine(&self) -> std::sync::RwLockReadGuard<'_, StateMachine> {
+        self.shared.machine.read().expect("state lock")
+    }
+
+    /// Sleep until the next deadline, the next disconnect scan, or the snapshot timer.
+    fn sleep_budget(&self) -> Duration {
+        let now = now_ms();
+        let mut budget = match self.read_machine().next_deadline() {
+            Some(deadline) => Duration::from_millis(deadline.saturating_sub(now)),
+            None => Duration::from_secs(3600),
+        };
+        if !self.pending.is_empty() {
+            budget = budget.min(DISCONNECT_SCAN_INTERVAL);
+        }
+        if self.since_snapshot > 0 {
+            budget = budget.min(
+                self.snapshot_every
+                    .saturating_sub(self.last_snapshot.elapsed()),
+            );
+        }
+        budget
+    }
+
+    /// Waiting lock requests whose every caller has gone: withdraw them, so
+    /// a client that disconnects while waiting leaves the queue.
+    fn disconnected_waiters(&mut self) -> Vec<Command> {
+        let mut cancels = Vec::new();
+        for (lock_id, wait) in &mut self.pending {
+            wait.callers.retain(|c| !c.is_closed());
+            if wait.callers.is_empty() && !wait.cancelling {
+                wait.cancelling = true;
+                cancels.push(Command::new(
+                    wait.agent.clone(),
+                    Op::LockRelease { lock_id: *lock_id },
+                ));
+            }
+        }
+        cancels
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: Vec<(Command, Option<(oneshot::Sender<Reply>, Instant)>)>,
+        now: u64,
+    ) {
+        if let Some(why) = self.shared.failed.lock().expect("failed lock").clone() {
+            for (_, caller) in batch {
+                if let Some((reply, _)) = caller {
+                    let _ = reply.send(Err(unavailable(&why)));
+                }
+            }
+            return;
+        }
+        let entries: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|(command, _)| {
+                serde_json::to_vec(&LogRecord {
+                    time: now,
+                    command: std::borrow::Cow::Borrowed(command),
+                })
+                .expect("commands serialize")
+            })
+            .collect();
+        let started = Instant::now();
+        let appended = self.log.append(&entries);
+        metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        let range = match appended {
+            Ok(range) => range,
+            Err(error) => {
+                let why = format!("storage failed: {error}");
+                tracing::error!(%error, "log append failed; refusing writes from now on (fail-stop)");
+                eprintln!("baton: {why}; refusing writes until restarted");
+                *self.shared.failed.lock().expect("failed lock") = Some(why.clone());
+                let outcome_unknown = Error::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "{why}; this write may or may not have been stored: read before retrying, or retry with the same idempotency key after a restart"
+                    ),
+                );
+                for (_, caller) in batch {
+                    if let Some((reply, _)) = caller {
+                        let _ = reply.send(Err(outcome_unknown.clone()));
+                    }
+                }
+                for (_, wait) in self.pending.drain() {
+                    for caller in wait.callers {
+                        let _ = caller.send(Err(unavailable(&why)));
+                    }
+                }
+                return;
+            }
+        };
+        debug_assert_eq!(range.clone().count(), batch.len());
+        self.since_snapshot += batch.len() as u64;
+        let mut outputs = Vec::with_capacity(batch.len());
+        {
+            let mut machine = self.shared.machine.write().expect("state lock");
+            for (seq, (command, _)) in range.zip(batch.iter()) {
+                outputs.push(machine.apply(seq, now, command));
+            }
+        }
+        for (output, (command, caller)) in outputs.into_iter().zip(batch) {
+            for event in &output.events {
+                m::observe_event(event);
+            }
+            self.shared.events.push(output.events);
+            for wakeup in output.wakeups {
+                if let Some(wait) = self.pending.remove(&wakeup.lock_id) {
+                    m::observe_wait(&wait.namespace, wait.since.elapsed(), &wakeup.reply);
+                    for caller in wait.callers {
+                        let _ = caller.send(wakeup.reply.clone());
+                    }
+                }
+            }
+            let Some((reply, received)) = caller else {
+                continue;
+            };
+            match &output.reply {
+                Ok(Response::Lock(info)) if info.status == LockStatus::Waiting => {
+                    let namespace = info
+                        .keys
+                        .first()
+                        .map(|k| baton_core::validate::namespace_of(k).to_string())
+                        .unwrap_or_default();
+                    let wait = self
+                        .pending
+                        .entry(info.lock_id)
+                        .or_insert_with(|| PendingWait {
+                            agent: command.agent.clone(),
+                            callers: Vec::new(),
+                            since: received,
+                            namespace,
+                            cancelling: false,
+                        });
+                    wait.callers.push(reply);
+                }
+                _ => {
+                    let _ = reply.send(output.reply);
+                }
+            }
+        }
+    }
+
+    /// Answer what is still queued, so no caller is left hanging at shutdown.
+    fn drain_for_shutdown(&mut self) {
+        let mut batch = Vec::new();
+        while let Ok(request) = self.requests.try_recv() {
+            if let Request::Command {
+                command,
+                reply,
+                received,
+            } = request
+            {
+                batch.push((command, Some((reply, received))));
+            }
+        }
+        if !batch.is_empty() {
+            self.write_batch(batch, now_ms());
+        }
+        for (_, wait) in self.pending.drain() {
+            for caller in wait.callers {
+                let _ = caller.send(Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the server is shutting down; the lock request was withdrawn",
+                )));
+            }
+        }
+    }
+
+    fn snapshot(&mut self) {
+        if self.shared.failed.lock().expect("failed lock").is_some() || self.since_snapshot == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let (seq, data) = {
+            let machine = self.read_machine();
+            (machine.revision(), machine.snapshot())
+        };
+        let size = data.len();
+        match self
+            .log
+            .save_snapshot(&Snapshot { seq, data })
+            .and_then(|()| self.log.truncate_before(seq + 1))
+        {
+            Ok(()) => {
+                self.since_snapshot = 0;
+                self.last_snapshot = Instant::now();
+                tracing::info!(
+                    seq,
+                    size,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot taken"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "snapshot failed; the log keeps growing until one succeeds");
+                self.last_snapshot = Instant::now();
+            }
+        }
+    }
+}
