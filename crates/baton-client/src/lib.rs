@@ -1,0 +1,750 @@
+//! Baton's Rust client: one async method per endpoint of the HTTP API
+//! (`docs/http-api.md`), for the `baton` CLI, the MCP server and any Rust
+//! program that coordinates through Baton.
+//!
+//! Every call returns `Result<T, baton_core::Error>`: the server's envelope
+//! error verbatim, or `UNAVAILABLE` naming the URL when the server cannot be
+//! reached. It must never depend on the server crate or on a runtime choice
+//! of its own (it runs on whatever tokio runtime the caller has), and it
+//! never retries by itself: a retry is the caller's decision, made safe with
+//! an idempotency key.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), baton_core::Error> {
+//! use baton_client::{Client, LockRequest};
+//! let client = Client::new("http://127.0.0.1:7700", "order-bot")?;
+//! let lock = client
+//!     .lock_acquire(&LockRequest::exclusive(["inventory/sku-1"]).ttl_ms(30_000).wait_ms(5_000))
+//!     .await?;
+//! let fenced = client.clone().with_fence("inventory/sku-1", lock.fence_token.unwrap_or(0));
+//! fenced.kv_put("inventory/sku-1", &serde_json::json!({"stock": 3}), Default::default()).await?;
+//! client.lock_release(lock.lock_id).await?;
+//! # Ok(()) }
+//! ```
+
+mod request;
+pub mod sse;
+
+use std::time::Duration;
+
+use baton_core::{Error, ErrorCode, Event, Fence};
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use baton_core::reply::{
+    CounterResult, DeleteResult, FenceCheck, GetResult, HistoryResult, KeyLocksInfo, ListResult,
+    LockInfo, LockState, ReleaseResult, SessionInfo, TxnResult, WriteResult,
+};
+pub use baton_core::{LockMode, Txn};
+pub use request::{ApiRequest, LockRequest, PatchRequest, PutOptions, encode_key};
+pub use reqwest::Method;
+
+/// Where `baton serve` listens unless told otherwise.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7700";
+/// How long to wait for a TCP connection before answering UNAVAILABLE.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a call may take, beyond any server-side wait it asked for.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What to do when the server is not there; every UNAVAILABLE says it.
+const START_HINT: &str = "is `baton serve` running? start it with `baton serve` or set BATON_URL (--url) to a running server";
+
+/// A connection to one Baton server, as one agent. Cheap to clone: clones
+/// share the connection pool, so a per-call setting is
+/// `client.clone().with_idempotency_key(..)`.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    agent: String,
+    session: Option<u64>,
+    idempotency_key: Option<String>,
+    fence: Option<Fence>,
+}
+
+/// `GET /v1/events`: one page of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPage {
+    pub events: Vec<Event>,
+    /// Pass as `from_revision` to continue after this page.
+    pub next_revision: u64,
+}
+
+/// `GET /v1/status`. Fields a newer server adds are kept in `other`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub revision: u64,
+    pub time: u64,
+    pub sessions: u64,
+    pub locks_held: u64,
+    pub locks_waiting: u64,
+    pub keys: u64,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct Sessions {
+    sessions: Vec<SessionInfo>,
+}
+
+#[derive(Deserialize)]
+struct LockedKeys {
+    keys: Vec<KeyLocksInfo>,
+}
+
+impl Client {
+    /// A client of the server at `url` (`http://host:port`; a bare
+    /// `host:port` means http) calling as `agent`.
+    pub fn new(url: &str, agent: impl Into<String>) -> Result<Client, Error> {
+        let agent = agent.into();
+        if agent.is_empty() {
+            return Err(Error::invalid(
+                "agent",
+                "every request names its agent: pass --agent or set BATON_AGENT",
+            ));
+        }
+        let base = parse_base_url(url)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("baton-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot set up the HTTP client: {}", error_chain(&e)),
+                )
+            })?;
+        Ok(Client {
+            http,
+            base,
+            agent,
+            session: None,
+            idempotency_key: None,
+            fence: None,
+        })
+    }
+
+    /// Sends `Baton-Session` with every request: locks end with the session.
+    pub fn with_session(mut self, session_id: u64) -> Client {
+        self.session = Some(session_id);
+        self
+    }
+
+    /// Sends `Idempotency-Key` with mutations: a retry gets the recorded reply.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Client {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Adds `"fence": {key, token}` to mutation bodies: refused with FENCED
+    /// once `token` is no longer the fence of a holder of `key`.
+    pub fn with_fence(mut self, key: impl Into<String>, token: u64) -> Client {
+        self.fence = Some(Fence {
+            key: key.into(),
+            token,
+        });
+        self
+    }
+
+    /// The server's base URL, as requests name it.
+    pub fn url(&self) -> &str {
+        self.base.as_str().trim_end_matches('/')
+    }
+
+    pub fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    pub fn session(&self) -> Option<u64> {
+        self.session
+    }
+
+    // ---- sessions ----
+
+    pub async fn session_open(&self, ttl_ms: u64) -> Result<SessionInfo, Error> {
+        self.send(ApiRequest::session_open(ttl_ms)).await
+    }
+
+    pub async fn session_keepalive(&self, session_id: u64) -> Result<SessionInfo, Error> {
+        self.send(ApiRequest::session_keepalive(session_id)).await
+    }
+
+    pub async fn session_close(&self, session_id: u64) -> Result<SessionInfo, Error> {
+        self.send(ApiRequest::session_close(session_id)).await
+    }
+
+    /// Admin: ends the session as if it expired; its locks are taken away.
+    pub async fn session_kill(
+        &self,
+        session_id: u64,
+        reason: Option<&str>,
+    ) -> Result<SessionInfo, Error> {
+        self.send(ApiRequest::session_kill(session_id, reason))
+            .await
+    }
+
+    pub async fn session_get(&self, session_id: u64) -> Result<SessionInfo, Error> {
+        self.send(ApiRequest::session_get(session_id)).await
+    }
+
+    pub async fn session_list(&self) -> Result<Vec<SessionInfo>, Error> {
+        let list: Sessions = self.send(ApiRequest::session_list()).await?;
+        Ok(list.sessions)
+    }
+
+    // ---- locks and fencing ----
+
+    /// Takes every key or none. With `wait_ms` > 0 this blocks until granted
+    /// or the wait ends (CONCURRENT_MODIFICATION with the holders).
+    pub async fn lock_acquire(&self, request: &LockRequest) -> Result<LockInfo, Error> {
+        self.send(ApiRequest::lock_acquire(request)).await
+    }
+
+    /// Idempotent: releasing an ended lock says how it ended.
+    pub async fn lock_release(&self, lock_id: u64) -> Result<ReleaseResult, Error> {
+        self.send(ApiRequest::lock_release(lock_id)).await
+    }
+
+    /// Extends the lease by `ttl_ms` (or the lock's own TTL) from now.
+    pub async fn lock_renew(&self, lock_id: u64, ttl_ms: Option<u64>) -> Result<LockInfo, Error> {
+        self.send(ApiRequest::lock_renew(lock_id, ttl_ms)).await
+    }
+
+    /// "Am I still the holder?": the live lock, or how and when it ended.
+    pub async fn lock_state(&self, lock_id: u64) -> Result<LockState, Error> {
+        self.send(ApiRequest::lock_state(lock_id)).await
+    }
+
+    /// Holders and waiters of one key.
+    pub async fn key_locks(&self, key: &str) -> Result<KeyLocksInfo, Error> {
+        self.send(ApiRequest::key_locks(key)).await
+    }
+
+    /// Keys under `prefix` that are locked or awaited.
+    pub async fn lock_list(
+        &self,
+        prefix: &str,
+        limit: Option<u64>,
+    ) -> Result<Vec<KeyLocksInfo>, Error> {
+        let list: LockedKeys = self.send(ApiRequest::lock_list(prefix, limit)).await?;
+        Ok(list.keys)
+    }
+
+    /// Whether `token` is the fence of a current holder of `key`: for
+    /// systems outside Baton that accept fenced writes.
+    pub async fn fence_check(&self, key: &str, token: u64) -> Result<FenceCheck, Error> {
+        self.send(ApiRequest::fence_check(key, token)).await
+    }
+
+    // ---- versioned state ----
+
+    pub async fn kv_get(&self, key: &str) -> Result<GetResult, Error> {
+        self.send(ApiRequest::kv_get(key)).await
+    }
+
+    /// A conflict (`if_version`, `if_absent`) is CONCURRENT_MODIFICATION with
+    /// `details.current_version` and `details.current_value`.
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: &Value,
+        options: PutOptions,
+    ) -> Result<WriteResult, Error> {
+        self.send(ApiRequest::kv_put(key, value, options)).await
+    }
+
+    pub async fn kv_patch(
+        &self,
+        key: &str,
+        patch: &PatchRequest,
+        if_version: Option<u64>,
+    ) -> Result<WriteResult, Error> {
+        self.send(ApiRequest::kv_patch(key, patch, if_version))
+            .await
+    }
+
+    pub async fn kv_delete(
+        &self,
+        key: &str,
+        if_version: Option<u64>,
+    ) -> Result<DeleteResult, Error> {
+        self.send(ApiRequest::kv_delete(key, if_version)).await
+    }
+
+    /// One page of keys under `prefix`, after key `after`.
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<ListResult, Error> {
+        self.send(ApiRequest::kv_list(prefix, after, limit)).await
+    }
+
+    /// Past versions of `key`, newest first.
+    pub async fn kv_history(&self, key: &str, limit: Option<u64>) -> Result<HistoryResult, Error> {
+        self.send(ApiRequest::kv_history(key, limit)).await
+    }
+
+    /// If every compare holds run `success`, else `failure`; all or nothing.
+    pub async fn txn(&self, txn: &Txn) -> Result<TxnResult, Error> {
+        let body = serde_json::to_value(txn)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot encode the txn: {e}")))?;
+        self.send(ApiRequest::txn(body)).await
+    }
+
+    /// Adds `delta`, refusing with QUOTA_EXCEEDED if the result would leave
+    /// `[min, max]`.
+    pub async fn counter_add(
+        &self,
+        key: &str,
+        delta: i64,
+        min: Option<i64>,
+        max: Option<i64>,
+    ) -> Result<CounterResult, Error> {
+        self.send(ApiRequest::counter_add(key, delta, min, max))
+            .await
+    }
+
+    // ---- events ----
+
+    /// One page of the audit trail under `prefix` from `from_revision`.
+    pub async fn events(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<EventPage, Error> {
+        self.send(ApiRequest::events(prefix, from_revision, limit))
+            .await
+    }
+
+    /// Every event under `prefix` from `from_revision` (or from now), as
+    /// they happen. Refusals before the stream starts (COMPACTED, bad
+    /// arguments) are the `Err` of this call; once streaming, the stream
+    /// ends with one `Err` item when the server cuts the watcher off or the
+    /// connection ends, so a watcher never stops silently.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<Event, Error>> + Send + 'static + use<>, Error> {
+        let request = ApiRequest::watch(prefix, from_revision);
+        let url = self.request_url(&request)?;
+        // No request timeout: the stream lives as long as the caller wants.
+        let response = self
+            .headers(self.http.get(url.clone()))
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, &e, None))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| self.transport_error(&url, &e, None))?;
+            return Err(
+                match decode_envelope(status.as_u16(), &body, url.as_str()) {
+                    Err(error) => error,
+                    Ok(_) => unexpected_answer(url.as_str(), status.as_u16(), "an event stream"),
+                },
+            );
+        }
+        let state = WatchState {
+            bytes: Box::pin(response.bytes_stream()),
+            parser: sse::SseParser::new(),
+            ready: std::collections::VecDeque::new(),
+            url: url.to_string(),
+            next_revision: from_revision,
+            done: false,
+        };
+        Ok(futures_util::stream::unfold(state, WatchState::next))
+    }
+
+    // ---- server ----
+
+    /// Counts of sessions, locks and keys, and the server's version.
+    pub async fn status(&self) -> Result<Status, Error> {
+        self.send(ApiRequest::status()).await
+    }
+
+    /// Ok if the server answers `GET /healthz` with 200.
+    pub async fn health(&self) -> Result<(), Error> {
+        let url = self.join(&ApiRequest::health())?;
+        let response = self
+            .http
+            .get(url.clone())
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, &e, Some(REQUEST_TIMEOUT)))?;
+        match response.status().as_u16() {
+            200 => Ok(()),
+            status => Err(Error::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "Baton at {} is not healthy (HTTP {status}); check its log",
+                    self.url()
+                ),
+            )),
+        }
+    }
+
+    // ---- raw access ----
+
+    /// Any request, answered with the envelope's `result` as JSON: what the
+    /// CLI prints. `path` starts with `/` and may carry a query string.
+    pub async fn request_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, Error> {
+        self.send_json(ApiRequest::raw(method, path, body)).await
+    }
+
+    /// Sends a described request and returns the `result` as JSON.
+    pub async fn send_json(&self, request: ApiRequest) -> Result<Value, Error> {
+        let url = self.request_url(&request)?;
+        let timeout = REQUEST_TIMEOUT + Duration::from_millis(request.wait_ms);
+        let mutation = request.method != Method::GET && request.method != Method::HEAD;
+        let mut builder = self
+            .headers(self.http.request(request.method.clone(), url.clone()))
+            .timeout(timeout);
+        if mutation && let Some(key) = &self.idempotency_key {
+            builder = builder.header("Idempotency-Key", key);
+        }
+        let body = if mutation {
+            self.with_fence_in(request.body)
+        } else {
+            request.body
+        };
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, &e, Some(timeout)))?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&url, &e, Some(timeout)))?;
+        decode_envelope(status, &body, url.as_str())
+    }
+
+    /// Sends a described request and decodes its `result` as `T`.
+    pub async fn send<T: DeserializeOwned>(&self, request: ApiRequest) -> Result<T, Error> {
+        let path = request.path.clone();
+        let result = self.send_json(request).await?;
+        serde_json::from_value(result).map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "the answer of {}{path} does not have the expected shape ({e}); are client and server the same version?",
+                    self.url()
+                ),
+            )
+        })
+    }
+
+    fn headers(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let builder = builder.header("Baton-Agent", &self.agent);
+        match self.session {
+            Some(session) => builder.header("Baton-Session", session.to_string()),
+            None => builder,
+        }
+    }
+
+    fn with_fence_in(&self, body: Option<Value>) -> Option<Value> {
+        let Some(fence) = &self.fence else {
+            return body;
+        };
+        let mut body = body.unwrap_or_else(|| Value::Object(Default::default()));
+        if let Value::Object(map) = &mut body {
+            map.insert(
+                "fence".to_string(),
+                serde_json::json!({ "key": fence.key, "token": fence.token }),
+            );
+        }
+        Some(body)
+    }
+
+    fn request_url(&self, request: &ApiRequest) -> Result<reqwest::Url, Error> {
+        let url = self.join(&request.path_and_query())?;
+        // URLs resolve `.` and `..` segments away, so such a key would name
+        // another key: refuse instead.
+        let path = request.path.split('?').next().unwrap_or_default();
+        let expected = format!("{}{path}", self.base.path().trim_end_matches('/'));
+        if url.path() != expected {
+            return Err(Error::invalid(
+                "key",
+                format!(
+                    "{path:?} has a '.' or '..' segment, which a URL path cannot carry; rename the key"
+                ),
+            ));
+        }
+        Ok(url)
+    }
+
+    fn join(&self, path_and_query: &str) -> Result<reqwest::Url, Error> {
+        let text = format!("{}{}", self.url(), path_and_query);
+        reqwest::Url::parse(&text).map_err(|e| {
+            Error::invalid(
+                "path",
+                format!("{path_and_query:?} is not a valid URL path: {e}"),
+            )
+        })
+    }
+
+    fn transport_error(
+        &self,
+        url: &reqwest::Url,
+        error: &reqwest::Error,
+        timeout: Option<Duration>,
+    ) -> Error {
+        transport_error(self.url(), url.path(), error, timeout)
+    }
+}
+
+/// Makes the base URL: an `http://` URL with no path, query or fragment.
+fn parse_base_url(url: &str) -> Result<reqwest::Url, Error> {
+    let trimmed = url.trim();
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let parsed = reqwest::Url::parse(&with_scheme).map_err(|e| {
+        Error::invalid(
+            "url",
+            format!("{url:?} is not a URL ({e}); write it like {DEFAULT_URL}"),
+        )
+    })?;
+    if parsed.scheme() != "http" {
+        return Err(Error::invalid(
+            "url",
+            format!(
+                "{url:?}: only http:// is supported; put TLS in a proxy in front of `baton serve`"
+            ),
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(Error::invalid(
+            "url",
+            format!("{url:?} must not have a query or fragment; write it like {DEFAULT_URL}"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// Decodes `{"ok": true, "result": R}` into `R` and `{"ok": false, "error": E}`
+/// into `E`; anything else (a proxy's page, an unknown route) is explained.
+fn decode_envelope(status: u16, body: &[u8], url: &str) -> Result<Value, Error> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        ok: bool,
+        #[serde(default)]
+        result: Option<Value>,
+        #[serde(default)]
+        error: Option<Value>,
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(body) else {
+        return Err(unexpected_answer(url, status, "a Baton JSON envelope"));
+    };
+    if envelope.ok {
+        return Ok(envelope.result.unwrap_or(Value::Null));
+    }
+    let error = envelope.error.unwrap_or(Value::Null);
+    match serde_json::from_value::<Error>(error.clone()) {
+        Ok(error) => Err(error),
+        // A code this client does not know (a newer server): keep the facts.
+        Err(_) => Err(Error::new(
+            ErrorCode::Internal,
+            format!(
+                "{url} answered HTTP {status} with an error this client does not understand: {error}"
+            ),
+        )
+        .with_details(error)),
+    }
+}
+
+fn unexpected_answer(url: &str, status: u16, expected: &str) -> Error {
+    let code = match status {
+        502..=504 => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    Error::new(
+        code,
+        format!(
+            "{url} answered HTTP {status} without {expected}; is BATON_URL (--url) pointing at a `baton serve` of this version?"
+        ),
+    )
+    .with_details(serde_json::json!({ "url": url, "http_status": status }))
+}
+
+/// UNAVAILABLE for a request that got no answer, naming the URL and what to do.
+fn transport_error(
+    base: &str,
+    path: &str,
+    error: &reqwest::Error,
+    timeout: Option<Duration>,
+) -> Error {
+    let message = if error.is_connect() {
+        format!(
+            "cannot reach Baton at {base} ({}); {START_HINT}",
+            root_cause(error)
+        )
+    } else if error.is_timeout() {
+        let after = timeout.map_or_else(String::new, |t| format!(" within {} ms", t.as_millis()));
+        format!(
+            "Baton at {base} did not answer {path}{after}; a mutation may or may not have been applied: retry it with the same idempotency key"
+        )
+    } else {
+        format!(
+            "the request to Baton at {base}{path} failed ({}); {START_HINT}",
+            root_cause(error)
+        )
+    };
+    Error::new(ErrorCode::Unavailable, message).with_details(serde_json::json!({ "url": base }))
+}
+
+/// The innermost cause, e.g. "Connection refused (os error 111)".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        text.push_str(": ");
+        text.push_str(&source.to_string());
+        cause = source.source();
+    }
+    text
+}
+
+/// The state behind [`Client::watch`]'s stream.
+struct WatchState<S> {
+    bytes: S,
+    parser: sse::SseParser,
+    ready: std::collections::VecDeque<sse::SseMessage>,
+    url: String,
+    /// The revision to resume from, for the messages of a final error.
+    next_revision: Option<u64>,
+    done: bool,
+}
+
+impl<S, B> WatchState<S>
+where
+    S: Stream<Item = reqwest::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    async fn next(mut self) -> Option<(Result<Event, Error>, WatchState<S>)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            while let Some(message) = self.ready.pop_front() {
+                if let Some(item) = self.item(message) {
+                    return Some((item, self));
+                }
+            }
+            match self.bytes.next().await {
+                Some(Ok(chunk)) => self.ready.extend(self.parser.push(chunk.as_ref())),
+                Some(Err(error)) => {
+                    self.done = true;
+                    let error = Error::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the watch stream from {} broke ({}); {}",
+                            self.url,
+                            root_cause(&error),
+                            self.resume_hint()
+                        ),
+                    );
+                    return Some((Err(error), self));
+                }
+                None => {
+                    self.done = true;
+                    let error = Error::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "{} ended the watch stream (server stopped?); {}",
+                            self.url,
+                            self.resume_hint()
+                        ),
+                    );
+                    return Some((Err(error), self));
+                }
+            }
+        }
+    }
+
+    /// The stream item for one SSE message, if it is one.
+    fn item(&mut self, message: sse::SseMessage) -> Option<Result<Event, Error>> {
+        match message.event.as_str() {
+            "baton" | "message" => match serde_json::from_str::<Event>(&message.data) {
+                Ok(event) => {
+                    self.next_revision = Some(event.revision + 1);
+                    Some(Ok(event))
+                }
+                Err(e) => {
+                    self.done = true;
+                    Some(Err(Error::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "{} sent an event this client cannot read ({e}); are client and server the same version?",
+                            self.url
+                        ),
+                    )))
+                }
+            },
+            "cut_off" => {
+                self.done = true;
+                Some(Err(cut_off_error(&message.data, &self.resume_hint())))
+            }
+            _ => None,
+        }
+    }
+
+    fn resume_hint(&self) -> String {
+        match self.next_revision {
+            Some(revision) => format!("watch again with from_revision {revision} to miss nothing"),
+            None => "watch again to go on".to_string(),
+        }
+    }
+}
+
+/// The error ending a watch that the server cut off: the server's own if
+/// the data carries one, else a plain explanation.
+fn cut_off_error(data: &str, resume_hint: &str) -> Error {
+    if let Ok(error) = serde_json::from_str::<Error>(data) {
+        return error;
+    }
+    #[derive(Deserialize)]
+    struct Wrapped {
+        error: Error,
+    }
+    if let Ok(wrapped) = serde_json::from_str::<Wrapped>(data) {
+        return wrapped.error;
+    }
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("the server cut this watcher off because it fell too far behind; {resume_hint}"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

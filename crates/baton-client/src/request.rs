@@ -1,0 +1,336 @@
+//! Every endpoint of the HTTP API as data: method, path, query and body.
+//! `Client`'s typed methods and the CLI's raw calls both build requests
+//! here, so each endpoint is spelled exactly once.
+
+use baton_core::LockMode;
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+/// One HTTP request to Baton, before the client adds its agent, session,
+/// idempotency key and fence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRequest {
+    pub method: Method,
+    /// Percent-encoded path, e.g. `/v1/kv/config/app`.
+    pub path: String,
+    /// Query parameters, not yet encoded.
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+    /// How long the server may hold the request (a lock wait): the client's
+    /// timeout is this plus its usual margin.
+    pub wait_ms: u64,
+}
+
+/// `POST /v1/locks`: which keys, how, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockRequest {
+    /// Taken all or nothing; order does not matter.
+    pub keys: Vec<String>,
+    pub mode: LockMode,
+    /// The lock's own lease. Without it the lock lives as long as the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How long to queue if the keys are taken; 0 answers at once.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wait_ms: u64,
+    /// After this lock expires (not released), keep its keys unavailable this long.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lock_delay_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl LockRequest {
+    pub fn exclusive<K: Into<String>>(keys: impl IntoIterator<Item = K>) -> LockRequest {
+        LockRequest {
+            keys: keys.into_iter().map(Into::into).collect(),
+            mode: LockMode::Exclusive,
+            ttl_ms: None,
+            wait_ms: 0,
+            lock_delay_ms: 0,
+        }
+    }
+
+    pub fn shared<K: Into<String>>(keys: impl IntoIterator<Item = K>) -> LockRequest {
+        LockRequest {
+            mode: LockMode::Shared,
+            ..LockRequest::exclusive(keys)
+        }
+    }
+
+    pub fn ttl_ms(mut self, ttl_ms: u64) -> LockRequest {
+        self.ttl_ms = Some(ttl_ms);
+        self
+    }
+
+    pub fn wait_ms(mut self, wait_ms: u64) -> LockRequest {
+        self.wait_ms = wait_ms;
+        self
+    }
+
+    pub fn lock_delay_ms(mut self, lock_delay_ms: u64) -> LockRequest {
+        self.lock_delay_ms = lock_delay_ms;
+        self
+    }
+}
+
+/// Conditions and lease of a `PUT /v1/kv/{key}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Write only if the key is at this version (0: absent).
+    pub if_version: Option<u64>,
+    /// Write only if the key does not exist.
+    pub if_absent: bool,
+    /// The key disappears this long after the write.
+    pub ttl_ms: Option<u64>,
+}
+
+/// The change of a `PATCH /v1/kv/{key}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchRequest {
+    /// RFC 7396 JSON merge patch: an object; `null` removes a member.
+    Merge(Value),
+    /// RFC 6902 JSON Patch: an array of operations; a failing `test` is a conflict.
+    JsonPatch(Value),
+}
+
+impl ApiRequest {
+    fn new(method: Method, path: String) -> ApiRequest {
+        ApiRequest {
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+            wait_ms: 0,
+        }
+    }
+
+    fn get(path: String) -> ApiRequest {
+        ApiRequest::new(Method::GET, path)
+    }
+
+    fn body(mut self, body: Value) -> ApiRequest {
+        self.body = Some(body);
+        self
+    }
+
+    fn query(mut self, name: &'static str, value: Option<impl ToString>) -> ApiRequest {
+        if let Some(value) = value {
+            self.query.push((name, value.to_string()));
+        }
+        self
+    }
+
+    /// `prefix=` only when there is one: an empty prefix means everything.
+    fn prefix(self, prefix: &str) -> ApiRequest {
+        self.query("prefix", (!prefix.is_empty()).then_some(prefix))
+    }
+
+    /// Any method and path; `path` may end in a `?query` (already encoded).
+    pub fn raw(method: Method, path: &str, body: Option<Value>) -> ApiRequest {
+        ApiRequest {
+            body,
+            ..ApiRequest::new(method, path.to_string())
+        }
+    }
+
+    /// The path with its encoded query string, as it goes after the base URL.
+    pub fn path_and_query(&self) -> String {
+        let mut out = self.path.clone();
+        for (i, (name, value)) in self.query.iter().enumerate() {
+            out.push(if i == 0 && !self.path.contains('?') {
+                '?'
+            } else {
+                '&'
+            });
+            out.push_str(name);
+            out.push('=');
+            out.push_str(&encode(value, false));
+        }
+        out
+    }
+
+    pub fn session_open(ttl_ms: u64) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/sessions".into()).body(json!({ "ttl_ms": ttl_ms }))
+    }
+
+    pub fn session_list() -> ApiRequest {
+        ApiRequest::get("/v1/sessions".into())
+    }
+
+    pub fn session_get(session_id: u64) -> ApiRequest {
+        ApiRequest::get(format!("/v1/sessions/{session_id}"))
+    }
+
+    pub fn session_keepalive(session_id: u64) -> ApiRequest {
+        ApiRequest::new(Method::POST, format!("/v1/sessions/{session_id}/keepalive"))
+            .body(json!({}))
+    }
+
+    pub fn session_close(session_id: u64) -> ApiRequest {
+        ApiRequest::new(Method::DELETE, format!("/v1/sessions/{session_id}"))
+    }
+
+    pub fn session_kill(session_id: u64, reason: Option<&str>) -> ApiRequest {
+        let mut body = Map::new();
+        if let Some(reason) = reason {
+            body.insert("reason".into(), reason.into());
+        }
+        ApiRequest::new(Method::POST, format!("/v1/sessions/{session_id}/kill"))
+            .body(Value::Object(body))
+    }
+
+    pub fn lock_acquire(request: &LockRequest) -> ApiRequest {
+        let body = serde_json::to_value(request).expect("a LockRequest always serializes");
+        ApiRequest {
+            wait_ms: request.wait_ms,
+            ..ApiRequest::new(Method::POST, "/v1/locks".into()).body(body)
+        }
+    }
+
+    pub fn lock_state(lock_id: u64) -> ApiRequest {
+        ApiRequest::get(format!("/v1/locks/{lock_id}"))
+    }
+
+    pub fn lock_release(lock_id: u64) -> ApiRequest {
+        ApiRequest::new(Method::DELETE, format!("/v1/locks/{lock_id}"))
+    }
+
+    pub fn lock_renew(lock_id: u64, ttl_ms: Option<u64>) -> ApiRequest {
+        let mut body = Map::new();
+        if let Some(ttl_ms) = ttl_ms {
+            body.insert("ttl_ms".into(), ttl_ms.into());
+        }
+        ApiRequest::new(Method::POST, format!("/v1/locks/{lock_id}/renew"))
+            .body(Value::Object(body))
+    }
+
+    pub fn key_locks(key: &str) -> ApiRequest {
+        ApiRequest::get("/v1/locks".into()).query("key", Some(key))
+    }
+
+    pub fn lock_list(prefix: &str, limit: Option<u64>) -> ApiRequest {
+        ApiRequest::get("/v1/locks".into())
+            .prefix(prefix)
+            .query("limit", limit)
+    }
+
+    pub fn fence_check(key: &str, token: u64) -> ApiRequest {
+        ApiRequest::get("/v1/fence".into())
+            .query("key", Some(key))
+            .query("token", Some(token))
+    }
+
+    pub fn kv_get(key: &str) -> ApiRequest {
+        ApiRequest::get(format!("/v1/kv/{}", encode_key(key)))
+    }
+
+    pub fn kv_put(key: &str, value: &Value, options: PutOptions) -> ApiRequest {
+        let mut body = Map::new();
+        body.insert("value".into(), value.clone());
+        if let Some(version) = options.if_version {
+            body.insert("if_version".into(), version.into());
+        }
+        if options.if_absent {
+            body.insert("if_absent".into(), true.into());
+        }
+        if let Some(ttl_ms) = options.ttl_ms {
+            body.insert("ttl_ms".into(), ttl_ms.into());
+        }
+        ApiRequest::new(Method::PUT, format!("/v1/kv/{}", encode_key(key)))
+            .body(Value::Object(body))
+    }
+
+    pub fn kv_patch(key: &str, patch: &PatchRequest, if_version: Option<u64>) -> ApiRequest {
+        let mut body = Map::new();
+        match patch {
+            PatchRequest::Merge(merge) => body.insert("merge".into(), merge.clone()),
+            PatchRequest::JsonPatch(ops) => body.insert("json_patch".into(), ops.clone()),
+        };
+        if let Some(version) = if_version {
+            body.insert("if_version".into(), version.into());
+        }
+        ApiRequest::new(Method::PATCH, format!("/v1/kv/{}", encode_key(key)))
+            .body(Value::Object(body))
+    }
+
+    pub fn kv_delete(key: &str, if_version: Option<u64>) -> ApiRequest {
+        let request = ApiRequest::new(Method::DELETE, format!("/v1/kv/{}", encode_key(key)));
+        match if_version {
+            Some(version) => request.body(json!({ "if_version": version })),
+            None => request,
+        }
+    }
+
+    pub fn kv_list(prefix: &str, after: Option<&str>, limit: Option<u64>) -> ApiRequest {
+        ApiRequest::get("/v1/kv".into())
+            .prefix(prefix)
+            .query("after", after)
+            .query("limit", limit)
+    }
+
+    pub fn kv_history(key: &str, limit: Option<u64>) -> ApiRequest {
+        ApiRequest::get(format!("/v1/history/{}", encode_key(key))).query("limit", limit)
+    }
+
+    /// `body` is `{"compares": [...], "success": [...], "failure": [...]}`.
+    pub fn txn(body: Value) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/txn".into()).body(body)
+    }
+
+    pub fn counter_add(key: &str, delta: i64, min: Option<i64>, max: Option<i64>) -> ApiRequest {
+        let mut body = Map::new();
+        body.insert("key".into(), key.into());
+        body.insert("delta".into(), delta.into());
+        if let Some(min) = min {
+            body.insert("min".into(), min.into());
+        }
+        if let Some(max) = max {
+            body.insert("max".into(), max.into());
+        }
+        ApiRequest::new(Method::POST, "/v1/counters/add".into()).body(Value::Object(body))
+    }
+
+    pub fn events(prefix: &str, from_revision: Option<u64>, limit: Option<u64>) -> ApiRequest {
+        ApiRequest::get("/v1/events".into())
+            .prefix(prefix)
+            .query("from_revision", from_revision)
+            .query("limit", limit)
+    }
+
+    pub fn watch(prefix: &str, from_revision: Option<u64>) -> ApiRequest {
+        ApiRequest::get("/v1/watch".into())
+            .prefix(prefix)
+            .query("from_revision", from_revision)
+    }
+
+    pub fn status() -> ApiRequest {
+        ApiRequest::get("/v1/status".into())
+    }
+
+    pub(crate) fn health() -> String {
+        "/healthz".to_string()
+    }
+}
+
+/// A key as it goes into a path: `/` kept, everything outside RFC 3986's
+/// unreserved characters percent-encoded (`a b` → `a%20b`).
+pub fn encode_key(key: &str) -> String {
+    encode(key, true)
+}
+
+fn encode(text: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        let unreserved = byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~');
+        if unreserved || (keep_slash && byte == b'/') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,296 @@
+//! Unit tests: request building, envelope decoding, and the client against
+//! tiny canned HTTP servers (the real server is tested from the CLI's tests).
+
+use super::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[test]
+fn keys_are_encoded_with_their_slashes_kept() {
+    assert_eq!(encode_key("config/app"), "config/app");
+    assert_eq!(encode_key("app/a b?c#d%"), "app/a%20b%3Fc%23d%25");
+    assert_eq!(encode_key("app/é"), "app/%C3%A9");
+    assert_eq!(
+        ApiRequest::kv_get("app/x y").path_and_query(),
+        "/v1/kv/app/x%20y"
+    );
+}
+
+#[test]
+fn queries_are_encoded_and_empty_prefixes_left_out() {
+    assert_eq!(
+        ApiRequest::kv_list("app/", Some("app/b&c"), Some(10)).path_and_query(),
+        "/v1/kv?prefix=app%2F&after=app%2Fb%26c&limit=10"
+    );
+    assert_eq!(
+        ApiRequest::kv_list("", None, None).path_and_query(),
+        "/v1/kv"
+    );
+    assert_eq!(
+        ApiRequest::fence_check("inv/sku-1", 42).path_and_query(),
+        "/v1/fence?key=inv%2Fsku-1&token=42"
+    );
+    assert_eq!(
+        ApiRequest::events("", Some(7), Some(100)).path_and_query(),
+        "/v1/events?from_revision=7&limit=100"
+    );
+    assert_eq!(
+        ApiRequest::raw(Method::GET, "/v1/locks?key=a%2Fb", None).path_and_query(),
+        "/v1/locks?key=a%2Fb"
+    );
+}
+
+#[test]
+fn bodies_follow_the_contract() {
+    let lock = ApiRequest::lock_acquire(
+        &LockRequest::shared(["a/1", "a/2"])
+            .ttl_ms(30_000)
+            .wait_ms(5_000),
+    );
+    assert_eq!(lock.method, Method::POST);
+    assert_eq!(lock.path, "/v1/locks");
+    assert_eq!(lock.wait_ms, 5_000);
+    assert_eq!(
+        lock.body,
+        Some(json!({"keys": ["a/1", "a/2"], "mode": "shared", "ttl_ms": 30000, "wait_ms": 5000}))
+    );
+    let put = ApiRequest::kv_put(
+        "config/app",
+        &json!({"region": "us"}),
+        PutOptions {
+            if_version: Some(4),
+            if_absent: false,
+            ttl_ms: None,
+        },
+    );
+    assert_eq!(put.method, Method::PUT);
+    assert_eq!(
+        put.body,
+        Some(json!({"value": {"region": "us"}, "if_version": 4}))
+    );
+    let patch = ApiRequest::kv_patch("c/a", &PatchRequest::JsonPatch(json!([])), None);
+    assert_eq!(patch.body, Some(json!({"json_patch": []})));
+    assert_eq!(ApiRequest::kv_delete("c/a", None).body, None);
+    assert_eq!(
+        ApiRequest::counter_add("q/slots", -1, Some(0), None).body,
+        Some(json!({"key": "q/slots", "delta": -1, "min": 0}))
+    );
+    assert_eq!(
+        ApiRequest::session_kill(9, Some("stuck")).path,
+        "/v1/sessions/9/kill"
+    );
+}
+
+#[test]
+fn base_urls_are_checked() {
+    assert_eq!(
+        Client::new("127.0.0.1:7700", "a").unwrap().url(),
+        "http://127.0.0.1:7700"
+    );
+    assert_eq!(Client::new("http://h:1/", "a").unwrap().url(), "http://h:1");
+    for bad in ["https://h:1", "http://h:1/?x=1", "::nope"] {
+        let error = Client::new(bad, "a").unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidArgument, "{bad}");
+        assert!(error.message.starts_with("url: "), "{}", error.message);
+    }
+    assert_eq!(
+        Client::new(DEFAULT_URL, "").unwrap_err().code,
+        ErrorCode::InvalidArgument
+    );
+}
+
+#[test]
+fn envelopes_decode_to_results_and_verbatim_errors() {
+    let ok = decode_envelope(200, br#"{"ok":true,"result":{"a":1}}"#, "u");
+    assert_eq!(ok, Ok(json!({"a": 1})));
+    let error = decode_envelope(
+        409,
+        br#"{"ok":false,"error":{"code":"FENCED","message":"stale","retry_after_ms":5,"details":{"x":1}}}"#,
+        "u",
+    )
+    .unwrap_err();
+    assert_eq!(
+        error,
+        Error::new(ErrorCode::Fenced, "stale")
+            .with_retry_after(5)
+            .with_details(json!({"x": 1}))
+    );
+    let proxy = decode_envelope(502, b"<html>bad gateway</html>", "http://h").unwrap_err();
+    assert_eq!(proxy.code, ErrorCode::Unavailable);
+    assert!(proxy.message.contains("http://h answered HTTP 502"));
+    let future = decode_envelope(
+        418,
+        br#"{"ok":false,"error":{"code":"NEW_CODE","message":"m"}}"#,
+        "u",
+    )
+    .unwrap_err();
+    assert_eq!(future.code, ErrorCode::Internal);
+    assert_eq!(
+        future.details,
+        Some(json!({"code": "NEW_CODE", "message": "m"}))
+    );
+}
+
+#[test]
+fn cut_off_uses_the_servers_error_when_it_sends_one() {
+    let own = cut_off_error(r#"{"code":"RATE_LIMITED","message":"slow"}"#, "h");
+    assert_eq!(own.code, ErrorCode::RateLimited);
+    let plain = cut_off_error(
+        "too slow",
+        "watch again with from_revision 8 to miss nothing",
+    );
+    assert_eq!(plain.code, ErrorCode::Unavailable);
+    assert!(plain.message.contains("from_revision 8"));
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_unavailable_and_named() {
+    // Bind then drop: nothing listens on this port any more.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let client = Client::new(&url, "tester").unwrap();
+    let error = client.kv_get("app/x").await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable);
+    assert!(error.message.contains(&url), "{}", error.message);
+    assert!(error.message.contains("baton serve"), "{}", error.message);
+    assert_eq!(error.details, Some(json!({"url": url})));
+}
+
+#[tokio::test]
+async fn dot_segments_in_keys_are_refused_before_sending() {
+    let client = Client::new("http://127.0.0.1:9", "tester").unwrap();
+    let error = client.kv_get("app/../etc").await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
+}
+
+/// Serves one canned HTTP response to the first connection and hands back
+/// the request it read (head and body).
+async fn serve_once(response: String) -> (String, tokio::task::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the head, then as many body bytes as Content-Length says.
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if request.len() >= end + 4 + length {
+                    break;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        socket.write_all(response.as_bytes()).await.unwrap();
+        socket.shutdown().await.unwrap();
+        String::from_utf8_lossy(&request).to_string()
+    });
+    (url, task)
+}
+
+fn http_response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn mutations_carry_agent_session_idempotency_key_and_fence() {
+    let (url, server) = serve_once(http_response(
+        "200 OK",
+        "application/json",
+        r#"{"ok":true,"result":{"key":"c/a","version":9}}"#,
+    ))
+    .await;
+    let client = Client::new(&url, "bot-1")
+        .unwrap()
+        .with_session(12)
+        .with_idempotency_key("k-1")
+        .with_fence("c/a", 77);
+    let written = client
+        .kv_put("c/a", &json!(1), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(written.version, 9);
+    let request = server.await.unwrap();
+    let lower = request.to_ascii_lowercase();
+    assert!(request.starts_with("PUT /v1/kv/c/a HTTP/1.1"), "{request}");
+    assert!(lower.contains("baton-agent: bot-1"), "{request}");
+    assert!(lower.contains("baton-session: 12"), "{request}");
+    assert!(lower.contains("idempotency-key: k-1"), "{request}");
+    let body: Value = serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"value": 1, "fence": {"key": "c/a", "token": 77}})
+    );
+}
+
+#[tokio::test]
+async fn watch_streams_events_and_ends_with_the_cut_off_error() {
+    let event = |revision: u64| json!({"revision": revision, "time": 1, "agent": "a", "kind": "put", "keys": ["app/x"], "outcome": "ok"});
+    let sse = format!(
+        ": hello\n\nevent: baton\nid: 5.0\ndata: {}\n\nevent: baton\nid: 6.0\ndata: {}\n\nevent: cut_off\ndata: behind\n\n",
+        event(5),
+        event(6)
+    );
+    let (url, server) = serve_once(http_response("200 OK", "text/event-stream", &sse)).await;
+    let client = Client::new(&url, "watcher").unwrap();
+    let stream = client.watch("app/", Some(5)).await.unwrap();
+    let items: Vec<_> = stream.collect().await;
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(items[0].as_ref().unwrap().revision, 5);
+    assert_eq!(items[1].as_ref().unwrap().revision, 6);
+    let error = items[2].as_ref().unwrap_err();
+    assert!(
+        error.message.contains("from_revision 7"),
+        "{}",
+        error.message
+    );
+    let request = server.await.unwrap();
+    assert!(
+        request.starts_with("GET /v1/watch?prefix=app%2F&from_revision=5 HTTP/1.1"),
+        "{request}"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_refused_before_streaming_is_the_calls_error() {
+    let (url, _server) = serve_once(http_response(
+        "410 Gone",
+        "application/json",
+        r#"{"ok":false,"error":{"code":"COMPACTED","message":"revision 3 is gone; the oldest kept is 10"}}"#,
+    ))
+    .await;
+    let client = Client::new(&url, "watcher").unwrap();
+    let Err(error) = client.watch("", Some(3)).await else {
+        panic!("a compacted watch must fail");
+    };
+    assert_eq!(error.code, ErrorCode::Compacted);
+}
+
+#[tokio::test]
+async fn a_watch_stream_that_just_ends_says_so() {
+    let (url, _server) = serve_once(http_response("200 OK", "text/event-stream", "")).await;
+    let client = Client::new(&url, "watcher").unwrap();
+    let items: Vec<_> = client.watch("", None).await.unwrap().collect().await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].as_ref().unwrap_err().code, ErrorCode::Unavailable);
+}
