@@ -160,7 +160,7 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
-        let field = if path == "." {
+        let field = if path == "." || path == "?" {
             "body".to_string()
         } else {
             path
