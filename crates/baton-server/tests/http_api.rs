@@ -332,7 +332,7 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
             raw(r#"{"value": 1, "bogus": true}"#, "/v1/kv/bad/k")
                 .await
                 .unwrap(),
-            "body",
+            "bogus",
         ),
         (
             raw(r#"{"value": 1, "ttl_ms": "soon"}"#, "/v1/kv/bad/k")
