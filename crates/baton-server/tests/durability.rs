@@ -1,0 +1,142 @@
+//! Restart, snapshots, fail-stop storage, and the single-owner data dir.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test]
+async fn state_survives_a_restart_and_snapshots_truncate_the_log() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let config = baton_server::ServeConfig {
+        snapshot_every_commands: 50,
+        ..config(dir)
+    };
+    let server = TestServer::start_in(dir, config.clone()).await;
+    let api = server.client("agent");
+    for i in 0..120 {
+        api.put(&format!("r/{}", i % 10), json!({"value": i}))
+            .await
+            .ok();
+    }
+    let held = api
+        .post("/v1/locks", json!({"keys": ["r/lock"], "ttl_ms": 600_000}))
+        .await;
+    let lock_id = held.ok()["lock_id"].clone();
+    let before = api.get("/v1/kv?prefix=r/").await.ok().clone();
+    server.stop().await;
+
+    let server = TestServer::start_in(dir, config).await;
+    let api = server.client("agent");
+    let after = api.get("/v1/kv?prefix=r/").await.ok().clone();
+    assert_eq!(after["entries"], before["entries"]);
+    assert_eq!(
+        api.get("/v1/locks?key=r/lock").await.ok()["holders"][0]["lock_id"],
+        lock_id
+    );
+    let status = api.get("/v1/status").await.ok().clone();
+    assert!(
+        status["events_from_revision"].as_u64().unwrap() > 1,
+        "a snapshot was taken: {status}"
+    );
+    // Writes go on with fresh revisions after the restart.
+    let next = api.put("r/0", json!({"value": "new"})).await.ok()["version"]
+        .as_u64()
+        .unwrap();
+    assert!(next > before["revision"].as_u64().unwrap());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_storage_failure_is_fail_stop_and_a_restart_recovers() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let api = server.client("agent");
+    let kept = api.put("f/kept", json!({"value": 1})).await.ok()["version"].clone();
+
+    server.faults.fail_next_appends(1);
+    let failed = api.put("f/lost", json!({"value": 2})).await;
+    assert_eq!((failed.status, failed.code()), (503, "UNAVAILABLE"));
+    assert_eq!(api.get("/readyz").await.status, 503);
+    // Every later write is refused too: the node is fail-stop, not flaky.
+    let refused = api.put("f/later", json!({"value": 3})).await;
+    assert_eq!(refused.code(), "UNAVAILABLE");
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("restart")
+    );
+    assert_eq!(
+        api.get("/v1/kv/f/kept").await.ok()["version"],
+        kept,
+        "reads still work"
+    );
+    server.stop().await;
+
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let api = server.client("agent");
+    assert_eq!(
+        api.get("/v1/kv/f/kept").await.ok()["version"],
+        kept,
+        "no acknowledged write is lost"
+    );
+    assert_eq!(
+        api.get("/v1/kv/f/lost").await.status,
+        404,
+        "the failed batch was not stored"
+    );
+    assert_eq!(api.get("/v1/kv/f/later").await.status, 404);
+    assert_eq!(api.get("/readyz").await.status, 200);
+    api.put("f/after", json!({"value": 4})).await.ok();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_reported_as_such_and_state_stays_consistent() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let api = server.client("agent");
+    // The batch reaches the disk but the append reports an error.
+    server.faults.lose_next_append_acks(1);
+    let reply = api.put("u/k", json!({"value": 1})).await;
+    assert_eq!(reply.code(), "UNAVAILABLE");
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may or may not")
+    );
+    server.stop().await;
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let api = server.client("agent");
+    // After restart it is there (it was stored), and writes continue.
+    assert_eq!(api.get("/v1/kv/u/k").await.ok()["value"], 1);
+    api.put("u/k", json!({"value": 2})).await.ok();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let mut second = config(dir);
+    second.listen = "127.0.0.1:0".parse().unwrap();
+    let error = baton_server::run(second)
+        .await
+        .expect_err("the data dir is locked");
+    let message = error.to_string();
+    assert!(message.contains("locked"), "{message}");
+    assert!(message.contains(&dir.display().to_string()), "{message}");
+    // The first server is unharmed.
+    server
+        .client("a")
+        .put("x/y", json!({"value": 1}))
+        .await
+        .ok();
+    server.stop().await;
+}
