@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 pub use baton_core::Limits;
 pub use events::EventLog;
-pub use sequencer::{Sequencer, Shared};
+pub use sequencer::{Sequencer, Shared, encode_record};
 
 /// Everything `baton serve` can be told. Flags override the TOML file, the
 /// file overrides these defaults.

@@ -39,9 +39,21 @@ struct LogRecord<'a> {
     command: std::borrow::Cow<'a, Command>,
 }
 
+/// The bytes of one log entry: `command` stamped with `time`.
+pub fn encode_record(time: u64, command: &Command) -> Vec<u8> {
+    serde_json::to_vec(&LogRecord {
+        time,
+        command: std::borrow::Cow::Borrowed(command),
+    })
+    .expect("commands serialize")
+}
+
+/// A command in a batch, with its caller (none for ticks and cancels).
+type Batched = (Command, Option<(oneshot::Sender<Reply>, Instant)>);
+
 enum Request {
     Command {
-        command: Command,
+        command: Box<Command>,
         reply: oneshot::Sender<Reply>,
         received: Instant,
     },
@@ -176,7 +188,7 @@ impl Sequencer {
         }
         let (reply, answer) = oneshot::channel();
         match self.requests.try_send(Request::Command {
-            command,
+            command: Box::new(command),
             reply,
             received: Instant::now(),
         }) {
@@ -230,14 +242,14 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut batch: Vec<(Command, Option<(oneshot::Sender<Reply>, Instant)>)> = Vec::new();
+            let mut batch: Vec<Batched> = Vec::new();
             let mut shutdown = None;
             let mut push = |request: Request, batch: &mut Vec<_>| match request {
                 Request::Command {
                     command,
                     reply,
                     received,
-                } => batch.push((command, Some((reply, received)))),
+                } => batch.push((*command, Some((reply, received)))),
                 Request::Shutdown(done) => shutdown = Some(done),
             };
             if let Some(request) = first {
@@ -317,11 +329,7 @@ impl Writer {
         cancels
     }
 
-    fn write_batch(
-        &mut self,
-        batch: Vec<(Command, Option<(oneshot::Sender<Reply>, Instant)>)>,
-        now: u64,
-    ) {
+    fn write_batch(&mut self, batch: Vec<Batched>, now: u64) {
         if let Some(why) = self.shared.failed.lock().expect("failed lock").clone() {
             for (_, caller) in batch {
                 if let Some((reply, _)) = caller {
@@ -332,13 +340,7 @@ impl Writer {
         }
         let entries: Vec<Vec<u8>> = batch
             .iter()
-            .map(|(command, _)| {
-                serde_json::to_vec(&LogRecord {
-                    time: now,
-                    command: std::borrow::Cow::Borrowed(command),
-                })
-                .expect("commands serialize")
-            })
+            .map(|(command, _)| encode_record(now, command))
             .collect();
         let started = Instant::now();
         let appended = self.log.append(&entries);
@@ -431,7 +433,7 @@ impl Writer {
                 received,
             } = request
             {
-                batch.push((command, Some((reply, received))));
+                batch.push((*command, Some((reply, received))));
             }
         }
         if !batch.is_empty() {
