@@ -17,11 +17,12 @@ pub const DEFAULT_STEP_BUDGET: u64 = 5_000_000;
 /// Default for [`CheckOptions::shrink_budget`].
 pub const DEFAULT_SHRINK_BUDGET: u64 = 20_000_000;
 
-/// How many of the operations that returned last before a violation was
-/// detected are candidates for its window. Older operations stay in the proof
-/// as recorded ("context"): disregarding the outputs of many operations at
-/// once takes away what keeps the search fast.
-pub const SHRINK_NEIGHBOURHOOD: usize = 64;
+/// How many of the writes that returned last before a violation was detected
+/// are candidates for leaving its window. Older writes stay in the proof as
+/// recorded ("context"): disregarding the outputs of many writes at once
+/// takes away what keeps the search fast. (Reads and refusals are all
+/// candidates: leaving them out is cheap.)
+pub const SHRINK_NEIGHBOURHOOD: usize = 24;
 
 /// Bounds on the work the checker does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +150,7 @@ pub fn check_with<M: Model>(
                     step_budget: options.step_budget,
                     budget_left: options.shrink_budget,
                     exhausted: false,
+                    treatment: vec![Treatment::Known; indices.len()],
                 };
                 return Ok(shrinker.violation());
             }
@@ -207,6 +209,20 @@ struct Shrinker<'a, M: Model> {
     budget_left: u64,
     /// Some search ran out of steps: the window may not be minimal.
     exhausted: bool,
+    /// Per position: how the next search sees the operation.
+    treatment: Vec<Treatment>,
+}
+
+/// How a shrinking search sees an operation that returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Treatment {
+    /// As recorded.
+    Known,
+    /// Left out: only for reads and refusals, which change nothing, so
+    /// leaving them out only removes constraints.
+    Dropped,
+    /// Took effect or not, somewhere in its time window; output disregarded.
+    Weakened,
 }
 
 impl<'a, M: Model> Shrinker<'a, M> {
@@ -218,14 +234,13 @@ impl<'a, M: Model> Shrinker<'a, M> {
         returned.sort_by_key(|&p| (ret_at(p), p));
         let mut times: Vec<u64> = returned.iter().filter_map(|&p| ret_at(p)).collect();
         times.dedup();
-        let no_weakening = vec![false; self.indices.len()];
 
         // 1. The earliest cut. The whole history is illegal, and so is the
         //    cut at its last return (later invokes are all unknown outcomes).
         let (mut lo, mut hi) = (0, times.len().saturating_sub(1));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.illegal(times[mid], &no_weakening) {
+            if self.illegal(times[mid]) {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -233,47 +248,30 @@ impl<'a, M: Model> Shrinker<'a, M> {
         }
         let cut = times.get(hi).copied().unwrap_or(u64::MAX);
 
-        // 2. Weaken what is not needed, oldest chunks first, among the
-        //    operations that returned last before the cut.
+        // 2. Leave out the reads and refusals that are not needed (cheap:
+        //    what remains keeps its outputs, so the search stays fast).
         let up_to_cut: Vec<usize> = returned
             .iter()
             .copied()
             .filter(|&p| ret_at(p).is_some_and(|t| t <= cut))
             .collect();
-        let context = up_to_cut.len().saturating_sub(SHRINK_NEIGHBOURHOOD);
-        let candidates = &up_to_cut[context..];
-        let mut weakened = vec![false; self.indices.len()];
-        let mut chunks = Vec::new();
-        if candidates.len() > 1 {
-            // (Weakening all of them at once would trivially succeed.)
-            push_halves(&mut chunks, 0, candidates.len());
-        }
-        while let Some((start, end)) = chunks.pop() {
-            if self.budget_left == 0 {
-                self.exhausted = true;
-                break;
-            }
-            candidates[start..end]
-                .iter()
-                .for_each(|&p| weakened[p] = true);
-            if self.illegal(cut, &weakened) {
-                continue;
-            }
-            candidates[start..end]
-                .iter()
-                .for_each(|&p| weakened[p] = false);
-            if end - start > 1 {
-                push_halves(&mut chunks, start, end);
-            }
-        }
+        let (reads, writes): (Vec<usize>, Vec<usize>) =
+            up_to_cut.iter().partition(|&&p| self.is_read_only(p));
+        self.ddmin(cut, &reads, Treatment::Dropped);
 
-        let mut window: Vec<usize> = candidates
+        // 3. Disregard the outputs of the writes that are not needed, among
+        //    the ones that returned last before the cut.
+        let context = writes.len().saturating_sub(SHRINK_NEIGHBOURHOOD);
+        self.ddmin(cut, &writes[context..], Treatment::Weakened);
+
+        let mut window: Vec<usize> = up_to_cut
             .iter()
             .copied()
-            .filter(|&p| !weakened[p])
+            .filter(|&p| self.treatment[p] == Treatment::Known)
             .collect();
+        window.retain(|p| reads.contains(p) || writes[context..].contains(p));
         window.sort_by_key(|&p| (self.history[self.indices[p]].invoke, p));
-        let explanation = self.explain(cut, &weakened, &window, context);
+        let explanation = self.explain(cut, &window, context);
         CheckResult::Illegal {
             key: self.key.to_string(),
             window: window.iter().map(|&p| self.indices[p]).collect(),
@@ -282,9 +280,47 @@ impl<'a, M: Model> Shrinker<'a, M> {
         }
     }
 
-    /// The key's history up to `cut`, with `weakened` outputs unseen.
-    /// Returns the search operations and the position each one came from.
-    fn ops(&self, cut: u64, weakened: &[bool]) -> (SearchOps<'a, M>, Vec<usize>) {
+    fn is_read_only(&self, p: usize) -> bool {
+        let op = &self.history[self.indices[p]];
+        match &op.outcome {
+            Outcome::Returned { output, .. } => self.model.is_read_only(&op.input, Some(output)),
+            Outcome::Unknown => false,
+        }
+    }
+
+    /// Gives `candidates` the treatment `loosen` wherever the history stays
+    /// illegal: chunks at once, split when that makes it linearizable (as in
+    /// delta debugging), oldest first.
+    fn ddmin(&mut self, cut: u64, candidates: &[usize], loosen: Treatment) {
+        let mut chunks = Vec::new();
+        if candidates.len() > 1 {
+            push_halves(&mut chunks, 0, candidates.len());
+        } else if candidates.len() == 1 {
+            chunks.push((0, 1));
+        }
+        while let Some((start, end)) = chunks.pop() {
+            if self.budget_left == 0 {
+                self.exhausted = true;
+                break;
+            }
+            candidates[start..end]
+                .iter()
+                .for_each(|&p| self.treatment[p] = loosen);
+            if self.illegal(cut) {
+                continue;
+            }
+            candidates[start..end]
+                .iter()
+                .for_each(|&p| self.treatment[p] = Treatment::Known);
+            if end - start > 1 {
+                push_halves(&mut chunks, start, end);
+            }
+        }
+    }
+
+    /// The key's history up to `cut`, as treated so far. Returns the search
+    /// operations and the position each one came from.
+    fn ops(&self, cut: u64) -> (SearchOps<'a, M>, Vec<usize>) {
         let mut ops = Vec::with_capacity(self.indices.len());
         let mut positions = Vec::with_capacity(self.indices.len());
         for (p, &index) in self.indices.iter().enumerate() {
@@ -294,11 +330,11 @@ impl<'a, M: Model> Shrinker<'a, M> {
             }
             let mut search_op = known(op);
             match search_op.ret {
-                Some(at) if at <= cut => {
-                    if weakened[p] {
-                        search_op.output = None;
-                    }
-                }
+                Some(at) if at <= cut => match self.treatment[p] {
+                    Treatment::Known => {}
+                    Treatment::Dropped => continue,
+                    Treatment::Weakened => search_op.output = None,
+                },
                 _ => {
                     search_op.ret = None;
                     search_op.output = None;
@@ -312,12 +348,12 @@ impl<'a, M: Model> Shrinker<'a, M> {
 
     /// Is the history up to `cut`, weakened, surely non-linearizable? Out of
     /// budget counts as "not surely".
-    fn illegal(&mut self, cut: u64, weakened: &[bool]) -> bool {
+    fn illegal(&mut self, cut: u64) -> bool {
         if self.budget_left == 0 {
             self.exhausted = true;
             return false;
         }
-        let (ops, _) = self.ops(cut, weakened);
+        let (ops, _) = self.ops(cut);
         let report = search(
             self.model,
             &ops,
@@ -335,16 +371,17 @@ impl<'a, M: Model> Shrinker<'a, M> {
         }
     }
 
-    fn explain(&self, cut: u64, weakened: &[bool], window: &[usize], context: usize) -> String {
+    fn explain(&self, cut: u64, window: &[usize], context: usize) -> String {
         let others = self.indices.len() - window.len() - context;
         let given = if context == 0 {
             String::new()
         } else {
-            format!(", given the {context} operation(s) that returned before them as recorded")
+            format!(" (the {context} older write(s) count as recorded)")
         };
         let mut text = format!(
             "key {:?} is not linearizable: these {} operation(s) cannot all have happened as recorded, \
-             in any order that respects real time, whatever the key's {others} other operation(s) did or did not do{given}:\n",
+             in any order that respects real time, whatever the key's {others} other operation(s) did or did not do \
+             (reads and refusals changing nothing, as recorded){given}:\n",
             self.key,
             window.len(),
         );
@@ -365,7 +402,7 @@ impl<'a, M: Model> Shrinker<'a, M> {
         }
 
         // The closest the search got, to show where the window breaks.
-        let (ops, positions) = self.ops(cut, weakened);
+        let (ops, positions) = self.ops(cut);
         let report = search(self.model, &ops, self.step_budget, true);
         if let (Verdict::Illegal, Some(furthest)) = (report.verdict, report.furthest) {
             let placed: Vec<usize> = furthest
@@ -383,21 +420,21 @@ impl<'a, M: Model> Shrinker<'a, M> {
                 .iter()
                 .map(|&p| format!("#{}", self.indices[p]))
                 .collect();
-            if placed.is_empty() {
-                let _ = write!(
-                    text,
-                    "Closest attempt: none of them can take effect first, from state {:?}.",
-                    furthest.state
-                );
+            let placed = if placed.is_empty() {
+                String::new()
             } else {
-                let _ = write!(
-                    text,
-                    "Closest attempt: {} took effect in that order, leaving state {:?}; then none of {} can take effect.",
-                    placed.join(", "),
-                    furthest.state,
-                    stuck.join(", ")
-                );
-            }
+                format!(
+                    " (after {} of them took effect in that order)",
+                    placed.join(", ")
+                )
+            };
+            let _ = write!(
+                text,
+                "Closest attempt: the furthest any order got{placed} left the key in state {:?}; \
+                 from there none of {} could take effect next.",
+                furthest.state,
+                stuck.join(", ")
+            );
         }
         if self.exhausted {
             text.push_str(

@@ -567,8 +567,8 @@ fn explanation_names_the_operations_and_the_state() {
         text.contains("#1 client 7 [20, 30] Get -> NotFound"),
         "{text}"
     );
-    assert!(text.contains("#0 took effect"), "{text}");
-    assert!(text.contains("none of #1"), "{text}");
+    assert!(text.contains("after #0 of them took effect"), "{text}");
+    assert!(text.contains("none of #1 could take effect"), "{text}");
 }
 
 #[test]
