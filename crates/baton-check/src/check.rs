@@ -191,7 +191,9 @@ type SearchOps<'a, M> = Vec<SearchOp<'a, <M as Model>::Input, <M as Model>::Outp
 ///    returned by then count as unknown. That is exactly what an observer at
 ///    `t` knew, so if it is linearizable at `t` it is at every earlier cut,
 ///    and the binary search is exact.
-/// 2. Weakening: an operation's output is replaced by "took effect or not,
+/// 2. Reads and refusals that are not needed are left out (they change
+///    nothing, so leaving them out only removes constraints).
+/// 3. Weakening: a write's output is replaced by "took effect or not,
 ///    somewhere in its time window, output unseen". That can only make the
 ///    history easier to linearize, so whatever stays non-linearizable after
 ///    weakening is a proof that the operations still known are contradictory

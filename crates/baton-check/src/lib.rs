@@ -65,11 +65,13 @@
 //! - [`CheckResult::Linearizable`]: every key has a valid order.
 //! - [`CheckResult::Illegal`]: a key has none. The report carries a *window*:
 //!   a small set of the key's returned operations whose outputs cannot all be
-//!   true at once **whatever the other operations did or did not do**. It is
-//!   found by locating the earliest return after which the key stops being
-//!   linearizable, then weakening every operation it can (treating its output
-//!   as unknown) while the history stays non-linearizable. The window is
-//!   itself a non-linearizable history.
+//!   true at once, whatever the key's other recent writes did or did not do
+//!   (reads and refusals outside the window count as changing nothing, as
+//!   recorded; writes older than [`SHRINK_NEIGHBOURHOOD`] count as recorded).
+//!   It is found by locating the earliest return after which the key stops
+//!   being linearizable (exact binary search), then leaving out the reads
+//!   that are not needed and disregarding the outputs of the writes that are
+//!   not needed while the history stays non-linearizable.
 //! - [`CheckResult::Timeout`]: the search budget ran out before an answer.
 //!   That is "don't know", never "linearizable" and never "illegal".
 //!
@@ -84,7 +86,10 @@
 //! - The search is exponential in the worst case (linearizability checking is
 //!   NP-complete). [`CheckOptions::step_budget`] bounds the work per key; many
 //!   concurrent operations with unknown outcomes on one key are what makes
-//!   the search expensive.
+//!   the search expensive. Versions and fencing tokens in outputs (see
+//!   [`Model::order`]) and read-only hints ([`Model::is_read_only`]) keep a
+//!   single key with 32+ concurrent clients fast; a counter recorded without
+//!   versions, on one hot key, with lost replies, can still run out of budget.
 //! - The checker cannot tell a client's clock skew from a bug: record all
 //!   times from one monotonic clock.
 
