@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::error::ErrorCode;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
@@ -37,6 +38,7 @@ pub enum EventKind {
 
 /// One entry of the audit trail. `revision` is the log sequence number of
 /// the command that caused it; a command may cause several events.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub revision: u64,
@@ -65,6 +67,7 @@ pub struct Event {
     pub detail: Option<Value>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Outcome {
@@ -72,6 +75,7 @@ pub enum Outcome {
     Error(ErrorCode),
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OkOutcome {

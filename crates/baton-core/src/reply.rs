@@ -11,6 +11,7 @@ use crate::error::Error;
 /// The answer to one command.
 pub type Reply = Result<Response, Error>;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Response {
@@ -25,6 +26,7 @@ pub enum Response {
     Empty {},
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub session_id: u64,
@@ -33,6 +35,7 @@ pub struct SessionInfo {
     pub expires_at: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockStatus {
@@ -41,6 +44,7 @@ pub enum LockStatus {
 }
 
 /// A live lock: held (with its fencing token) or queued.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockInfo {
     pub lock_id: u64,
@@ -64,6 +68,7 @@ pub struct LockInfo {
 }
 
 /// Why a lock or session is no longer live.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
@@ -94,6 +99,7 @@ impl EndReason {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseResult {
     pub lock_id: u64,
@@ -106,6 +112,7 @@ pub struct ReleaseResult {
     pub ended_at: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteResult {
     pub key: String,
@@ -118,6 +125,7 @@ pub struct WriteResult {
     pub expires_at: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteResult {
     pub key: String,
@@ -126,6 +134,7 @@ pub struct DeleteResult {
     pub previous_version: Option<u64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterResult {
     pub key: String,
@@ -133,6 +142,7 @@ pub struct CounterResult {
     pub version: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TxnResult {
     /// Whether the compares held (and so `success` ran rather than `failure`).
@@ -142,6 +152,7 @@ pub struct TxnResult {
     pub results: Vec<TxnOpResult>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TxnOpResult {
@@ -152,6 +163,7 @@ pub enum TxnOpResult {
 }
 
 /// A state key as read.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub key: String,
@@ -163,6 +175,7 @@ pub struct Entry {
 }
 
 /// A read of one key, with the revision the state was read at.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GetResult {
     #[serde(flatten)]
@@ -170,6 +183,7 @@ pub struct GetResult {
     pub revision: u64,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListResult {
     pub entries: Vec<Entry>,
@@ -180,6 +194,7 @@ pub struct ListResult {
 }
 
 /// One past version of a key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub version: u64,
@@ -188,6 +203,7 @@ pub struct HistoryEntry {
     pub value: Arc<Value>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryResult {
     pub key: String,
@@ -197,6 +213,7 @@ pub struct HistoryResult {
 }
 
 /// Holders and waiters of one lock key.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyLocksInfo {
     pub key: String,
@@ -212,6 +229,7 @@ pub struct KeyLocksInfo {
 }
 
 /// The state of a lock id, live or ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LockState {
@@ -223,6 +241,7 @@ pub enum LockState {
     },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FenceCheck {
     pub key: String,
@@ -234,6 +253,7 @@ pub struct FenceCheck {
 }
 
 /// Counts for `status` and metrics.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub revision: u64,

@@ -267,6 +267,7 @@ impl AppState {
 
 // ---- health, status, metrics ---------------------------------------------------
 
+#[utoipa::path(get, path = "/readyz", summary = "Ready for writes (503 after a storage failure)", responses((status = 200, description = "ok envelope", body = OkEnvelope<serde_json::Value>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     match state
         .sequencer
@@ -284,6 +285,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/v1/status", summary = "Server health and counts", responses((status = 200, description = "ok envelope", body = OkEnvelope<serde_json::Value>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn status(State(state): State<AppState>) -> Response {
     let stats = state.read(|m| Ok(m.stats()));
     reply_json(stats.map(|stats| {
@@ -316,21 +318,19 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 }
 
 async fn openapi() -> Response {
-    (
-        [("content-type", "application/json")],
-        crate::openapi::DOCUMENT,
-    )
-        .into_response()
+    use utoipa::OpenApi;
+    axum::Json(ApiDoc::openapi()).into_response()
 }
 
 // ---- sessions ---------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SessionOpenBody {
     ttl_ms: u64,
 }
 
+#[utoipa::path(post, path = "/v1/sessions", summary = "Open a session: an agent's identity and liveness", request_body = SessionOpenBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SessionInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn session_open(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -347,10 +347,12 @@ async fn session_open(
         .await
 }
 
+#[utoipa::path(get, path = "/v1/sessions", summary = "Live sessions", responses((status = 200, description = "ok envelope", body = OkEnvelope<serde_json::Value>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn session_list(State(state): State<AppState>) -> Response {
     reply_json(state.read(|m| Ok(json!({ "sessions": m.sessions() }))))
 }
 
+#[utoipa::path(get, path = "/v1/sessions/{id}", summary = "One session", params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SessionInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn session_get(
     State(state): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -358,10 +360,11 @@ async fn session_get(
     reply_json(path_id(id, "session_id").and_then(|id| state.read(|m| m.session(id))))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Empty {}
 
+#[utoipa::path(post, path = "/v1/sessions/{id}/keepalive", summary = "Keep a session alive", request_body = Empty, params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SessionInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn session_keepalive(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -378,6 +381,7 @@ async fn session_keepalive(
     }
 }
 
+#[utoipa::path(delete, path = "/v1/sessions/{id}", summary = "Close a session and release what it holds", params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SessionInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn session_close(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -393,13 +397,14 @@ async fn session_close(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KillBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/sessions/{id}/kill", summary = "Admin: end a session; its locks are taken away and its waiters fail", request_body = KillBody, params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SessionInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn session_kill(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -425,7 +430,7 @@ async fn session_kill(
 
 // ---- locks ------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AcquireBody {
     keys: Vec<String>,
@@ -441,6 +446,7 @@ struct AcquireBody {
     fence: Option<Fence>,
 }
 
+#[utoipa::path(post, path = "/v1/locks", summary = "Acquire one or more keys, all or nothing; with wait_ms the request blocks until granted", request_body = AcquireBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::LockInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn lock_acquire(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -478,14 +484,16 @@ async fn lock_acquire(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LockListQuery {
     key: Option<String>,
     prefix: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/locks", summary = "Holders and waiters of a key (?key=) or of every locked key under a prefix (?prefix=)", params(LockListQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::KeyLocksInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn lock_list(
     State(state): State<AppState>,
     q: Result<Query<LockListQuery>, axum::extract::rejection::QueryRejection>,
@@ -506,6 +514,7 @@ async fn lock_list(
     reply_json(reply)
 }
 
+#[utoipa::path(get, path = "/v1/locks/{id}", summary = "A lock's state: live, or how it ended", params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::LockState>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn lock_get(
     State(state): State<AppState>,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -513,6 +522,7 @@ async fn lock_get(
     reply_json(path_id(id, "lock_id").and_then(|id| state.read(|m| m.lock_state(id))))
 }
 
+#[utoipa::path(delete, path = "/v1/locks/{id}", summary = "Release (or withdraw) a lock; idempotent", params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::ReleaseResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn lock_release(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -524,13 +534,14 @@ async fn lock_release(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RenewBody {
     #[serde(default)]
     ttl_ms: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/v1/locks/{id}/renew", summary = "Renew a held lock's lease", request_body = RenewBody, params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::LockInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn lock_renew(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -554,13 +565,15 @@ async fn lock_renew(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct FenceQuery {
     key: String,
     token: u64,
 }
 
+#[utoipa::path(get, path = "/v1/fence", summary = "Is this fencing token a current holder's?", params(FenceQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::FenceCheck>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn fence_check(
     State(state): State<AppState>,
     q: Result<Query<FenceQuery>, axum::extract::rejection::QueryRejection>,
@@ -577,6 +590,7 @@ fn key_path(
         .map_err(|e| Error::invalid("key", e.body_text()))
 }
 
+#[utoipa::path(get, path = "/v1/kv/{key}", summary = "Read a key", params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::GetResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn kv_get(
     State(state): State<AppState>,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -584,7 +598,7 @@ async fn kv_get(
     reply_json(key_path(key).and_then(|key| state.read(|m| m.get(&key))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
     value: Value,
@@ -598,6 +612,7 @@ struct PutBody {
     fence: Option<Fence>,
 }
 
+#[utoipa::path(put, path = "/v1/kv/{key}", summary = "Write a key (if_version / if_absent for compare-and-set)", request_body = PutBody, params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::WriteResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn kv_put(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -619,7 +634,7 @@ async fn kv_put(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchBody {
     #[serde(default)]
@@ -632,6 +647,7 @@ struct PatchBody {
     fence: Option<Fence>,
 }
 
+#[utoipa::path(patch, path = "/v1/kv/{key}", summary = "Change part of a value: RFC 7396 merge or RFC 6902 JSON Patch", request_body = PatchBody, params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::WriteResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn kv_patch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -666,7 +682,7 @@ async fn kv_patch(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeleteBody {
     #[serde(default)]
@@ -675,6 +691,7 @@ struct DeleteBody {
     fence: Option<Fence>,
 }
 
+#[utoipa::path(delete, path = "/v1/kv/{key}", summary = "Delete a key", request_body = DeleteBody, params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::DeleteResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn kv_delete(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -698,8 +715,9 @@ async fn kv_delete(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     #[serde(default)]
     prefix: String,
@@ -707,6 +725,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/kv", summary = "Keys under a prefix, paginated", params(ListQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::ListResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn kv_list(
     State(state): State<AppState>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -722,12 +741,14 @@ async fn kv_list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/history/{key}", summary = "Recent versions of a key", params(("key" = String, Path, description = "namespace/name"), HistoryQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::HistoryResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn kv_history(
     State(state): State<AppState>,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -740,7 +761,7 @@ async fn kv_history(
     reply_json(reply)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TxnBody {
     #[serde(default)]
@@ -753,6 +774,7 @@ struct TxnBody {
     fence: Option<Fence>,
 }
 
+#[utoipa::path(post, path = "/v1/txn", summary = "Compares, then one branch of ops, all or nothing", request_body = TxnBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::TxnResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn txn(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -766,7 +788,7 @@ async fn txn(
     state.run(&headers, op, body.fence).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CounterBody {
     key: String,
@@ -779,6 +801,7 @@ struct CounterBody {
     fence: Option<Fence>,
 }
 
+#[utoipa::path(post, path = "/v1/counters/add", summary = "Add to a counter without crossing its bounds", request_body = CounterBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::CounterResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn counter_add(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -795,8 +818,9 @@ async fn counter_add(
 
 // ---- events and watch -----------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
     #[serde(default)]
     prefix: String,
@@ -804,6 +828,7 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/events", summary = "Audit trail: events from a revision", params(EventsQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<serde_json::Value>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn events(
     State(state): State<AppState>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -830,8 +855,9 @@ async fn events(
     reply_json(reply)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct WatchQuery {
     #[serde(default)]
     prefix: String,
@@ -859,6 +885,7 @@ fn sse(stamped: &Stamped) -> SseEvent {
         .data(&*stamped.json)
 }
 
+#[utoipa::path(get, path = "/v1/watch", summary = "Server-Sent Events: every event under a prefix, resumable with Last-Event-ID", params(WatchQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::Event>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn watch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -950,3 +977,55 @@ async fn watch(
 
 #[allow(dead_code)]
 fn _assert_stream<S: Stream>(_: S) {}
+
+/// `{"ok": true, "result": T}` (documentation only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OkEnvelope<T> {
+    ok: bool,
+    result: T,
+}
+
+/// `{"ok": false, "error": {...}}` (documentation only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct ErrorEnvelope {
+    ok: bool,
+    error: baton_core::Error,
+}
+
+/// The OpenAPI document, derived from the handlers and their types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Baton",
+        description = "Coordination for multi-agent systems: locks with fencing tokens, versioned state, counters, events. Agent identity: header Baton-Agent; session: Baton-Session; retries: Idempotency-Key."
+    ),
+    paths(
+        readyz,
+        status,
+        session_open,
+        session_list,
+        session_get,
+        session_keepalive,
+        session_close,
+        session_kill,
+        lock_acquire,
+        lock_list,
+        lock_get,
+        lock_release,
+        lock_renew,
+        fence_check,
+        kv_get,
+        kv_put,
+        kv_patch,
+        kv_delete,
+        kv_list,
+        kv_history,
+        txn,
+        counter_add,
+        events,
+        watch
+    )
+)]
+pub struct ApiDoc;
