@@ -2,8 +2,10 @@
 //! Logic lives in the libraries; each subcommand has one module here that
 //! maps its arguments to library calls and its reply to `output::emit`.
 
+mod client_cmds;
 mod file;
 mod output;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +31,10 @@ struct Cli {
 enum Command {
     /// Safe edits of config and state files on this host, no server needed
     File(file::FileArgs),
+    #[command(flatten)]
+    Client(client_cmds::ClientCommand),
+    /// Run the Baton server (HTTP/JSON API, SSE watch, metrics)
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -37,6 +43,8 @@ fn main() {
     let mode = OutputMode::resolve(cli.output);
     let code = match cli.command {
         Command::File(args) => file::run(args, mode),
+        Command::Client(command) => client_cmds::run(command, mode),
+        Command::Serve(args) => serve::run(args, mode),
     };
     std::process::exit(code);
 }

@@ -64,6 +64,9 @@ pub struct Client {
     fence: Option<Fence>,
 }
 
+/// The events of a watch, as they happen; ends with one `Err` (see [`Client::watch`]).
+pub type EventStream = futures_util::stream::BoxStream<'static, Result<Event, Error>>;
+
 /// `GET /v1/events`: one page of the audit trail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventPage {
@@ -332,7 +335,7 @@ impl Client {
         &self,
         prefix: &str,
         from_revision: Option<u64>,
-    ) -> Result<impl Stream<Item = Result<Event, Error>> + Send + 'static + use<>, Error> {
+    ) -> Result<EventStream, Error> {
         let request = ApiRequest::watch(prefix, from_revision);
         let url = self.request_url(&request)?;
         // No request timeout: the stream lives as long as the caller wants.
@@ -363,7 +366,7 @@ impl Client {
             next_revision: from_revision,
             done: false,
         };
-        Ok(futures_util::stream::unfold(state, WatchState::next))
+        Ok(futures_util::stream::unfold(state, WatchState::next).boxed())
     }
 
     // ---- server ----
