@@ -263,6 +263,35 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max: Option<i64>,
     },
+    /// Create a quota or change its capacity (`reset_used` starts a new period).
+    QuotaSet {
+        quota: String,
+        capacity: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reset_used: bool,
+    },
+    /// Hold `amount` of a quota until committed, released or expired.
+    QuotaReserve {
+        quota: String,
+        amount: u64,
+        ttl_ms: u64,
+    },
+    /// Consume `actual` (at most the reserved amount); the rest returns to the pool.
+    QuotaCommit {
+        reservation_id: u64,
+        actual: u64,
+    },
+    /// Return a reservation to the pool. Idempotent.
+    QuotaRelease {
+        reservation_id: u64,
+    },
+    /// Take tokens from a shared token bucket (created on first use).
+    RateTake {
+        bucket: String,
+        tokens: u64,
+        rate_per_sec: u64,
+        burst: u64,
+    },
 }
 
 impl Op {
@@ -282,6 +311,11 @@ impl Op {
             Op::Delete { .. } => "delete",
             Op::Txn(_) => "txn",
             Op::CounterAdd { .. } => "counter_add",
+            Op::QuotaSet { .. } => "quota_set",
+            Op::QuotaReserve { .. } => "quota_reserve",
+            Op::QuotaCommit { .. } => "quota_commit",
+            Op::QuotaRelease { .. } => "quota_release",
+            Op::RateTake { .. } => "rate_take",
         }
     }
 
@@ -293,6 +327,8 @@ impl Op {
             | Op::Patch { key, .. }
             | Op::Delete { key, .. }
             | Op::CounterAdd { key, .. } => vec![key.clone()],
+            Op::QuotaSet { quota, .. } | Op::QuotaReserve { quota, .. } => vec![quota.clone()],
+            Op::RateTake { bucket, .. } => vec![bucket.clone()],
             Op::Txn(txn) => {
                 let mut keys: Vec<String> = txn
                     .compares

@@ -30,6 +30,13 @@ pub enum EventKind {
     Deleted,
     KeyExpired,
     CounterAdded,
+    QuotaSet,
+    Reserved,
+    ReservationCommitted,
+    ReservationReleased,
+    /// A reservation's TTL ran out: its amount went back to the pool.
+    ReservationExpired,
+    RateTaken,
     /// A txn that wrote nothing (or was refused).
     Txn,
     /// A command that was refused: `outcome` says why.

@@ -48,6 +48,12 @@ pub struct Limits {
     pub max_lock_delay_ms: u64,
     /// Entries returned by one `list` page at most.
     pub max_list_page: usize,
+    /// Quotas plus rate-limit buckets.
+    pub max_quotas_and_buckets: usize,
+    /// Live reservations across all quotas.
+    pub max_reservations: usize,
+    /// Agents whose usage a bucket accounts by name; the rest are summed as `(other)`.
+    pub max_usage_agents_per_bucket: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +78,9 @@ impl Default for Limits {
             max_wait_ms: 10 * 60 * 1000,
             max_lock_delay_ms: 60 * 1000,
             max_list_page: 1000,
+            max_quotas_and_buckets: 100_000,
+            max_reservations: 1_000_000,
+            max_usage_agents_per_bucket: 1024,
         }
     }
 }

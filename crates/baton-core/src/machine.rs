@@ -125,12 +125,14 @@ pub(crate) enum Deadline {
     LockWait(u64),
     KeyTtl(String),
     LockDelay(String),
+    Reservation(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum EndedKind {
     Session,
     Lock,
+    Reservation,
 }
 
 /// A remembered end of a lock or session.
@@ -178,6 +180,12 @@ pub struct StateMachine {
     pub(crate) idempotency: BTreeMap<String, BTreeMap<String, IdempotencyRecord>>,
     /// (time, agent, key) in insertion order, for retention.
     pub(crate) idempotency_order: VecDeque<(u64, String, String)>,
+    #[serde(default)]
+    pub(crate) quotas: BTreeMap<String, crate::quota::Quota>,
+    #[serde(default)]
+    pub(crate) reservations: BTreeMap<u64, crate::quota::Reservation>,
+    #[serde(default)]
+    pub(crate) buckets: BTreeMap<String, crate::quota::Bucket>,
     /// Derived from `locks`: every live lock of each party. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) party_locks: BTreeMap<Party, BTreeSet<u64>>,
@@ -205,6 +213,9 @@ impl StateMachine {
             ended: BTreeMap::new(),
             idempotency: BTreeMap::new(),
             idempotency_order: VecDeque::new(),
+            quotas: BTreeMap::new(),
+            reservations: BTreeMap::new(),
+            buckets: BTreeMap::new(),
             party_locks: BTreeMap::new(),
             locks_held: 0,
         }
@@ -381,6 +392,29 @@ impl StateMachine {
                 min,
                 max,
             } => self.counter_add(seq, command, key, *delta, *min, *max, fx),
+            Op::QuotaSet {
+                quota,
+                capacity,
+                reset_used,
+            } => self.quota_set(seq, command, quota, *capacity, *reset_used, fx),
+            Op::QuotaReserve {
+                quota,
+                amount,
+                ttl_ms,
+            } => self.quota_reserve(seq, command, quota, *amount, *ttl_ms, fx),
+            Op::QuotaCommit {
+                reservation_id,
+                actual,
+            } => self.quota_settle(seq, command, *reservation_id, Some(*actual), fx),
+            Op::QuotaRelease { reservation_id } => {
+                self.quota_settle(seq, command, *reservation_id, None, fx)
+            }
+            Op::RateTake {
+                bucket,
+                tokens,
+                rate_per_sec,
+                burst,
+            } => self.rate_take(seq, command, bucket, *tokens, *rate_per_sec, *burst, fx),
         }
     }
 
@@ -476,6 +510,7 @@ impl StateMachine {
                     }
                 }
                 Deadline::KeyTtl(key) => self.expire_key(seq, &key, fx),
+                Deadline::Reservation(id) => self.expire_reservation(seq, id, fx),
                 Deadline::LockDelay(key) => {
                     if let Some(state) = self.lock_keys.get_mut(&key) {
                         state.delayed_until = None;
@@ -887,6 +922,17 @@ impl StateMachine {
             assert!(
                 state.waiters.iter().all(|id| !self.locks[id].is_held()),
                 "key {key} lists a held waiter"
+            );
+        }
+        for (name, quota) in &self.quotas {
+            let reserved: u64 = quota
+                .reservations
+                .iter()
+                .map(|id| self.reservations[id].amount)
+                .sum();
+            assert_eq!(
+                reserved, quota.reserved,
+                "quota {name} reserved drifted from its reservations"
             );
         }
         let held = self.locks.values().filter(|l| l.is_held()).count();

@@ -22,6 +22,10 @@ pub enum Response {
     Delete(DeleteResult),
     Counter(CounterResult),
     Txn(TxnResult),
+    Reservation(ReservationInfo),
+    Settled(SettleResult),
+    Quota(QuotaInfo),
+    Rate(RateResult),
     /// Tick: nothing to say.
     Empty {},
 }
@@ -263,4 +267,74 @@ pub struct Stats {
     pub locks_waiting: usize,
     pub keys: usize,
     pub idempotency_records: usize,
+}
+
+/// A quota: a capacity shared by reservations and committed use.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaInfo {
+    pub quota: String,
+    pub capacity: u64,
+    /// Committed use.
+    pub used: u64,
+    /// Held by live reservations.
+    pub reserved: u64,
+    /// `capacity - used - reserved`.
+    pub available: u64,
+    pub reservations: usize,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    pub reservation_id: u64,
+    pub quota: String,
+    pub amount: u64,
+    pub expires_at: u64,
+    /// What the quota has left after this reservation.
+    pub available: u64,
+}
+
+/// The end of a reservation: committed (with `committed` consumed) or returned.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleResult {
+    pub reservation_id: u64,
+    /// True only if this call settled a live reservation.
+    pub settled: bool,
+    /// `committed`, `released` or, when `settled` is false, how it ended earlier (`expired`...).
+    pub outcome: String,
+    pub committed: u64,
+    pub returned: u64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateResult {
+    pub bucket: String,
+    pub taken: u64,
+    /// Whole tokens left right after this take.
+    pub remaining: u64,
+    pub rate_per_sec: u64,
+    pub burst: u64,
+}
+
+/// A token bucket and who has been spending it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketInfo {
+    pub bucket: String,
+    pub rate_per_sec: u64,
+    pub burst: u64,
+    /// Whole tokens available now.
+    pub available: u64,
+    /// Tokens taken per agent since the bucket was created, largest first.
+    pub usage: Vec<AgentUsage>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUsage {
+    pub agent: String,
+    pub tokens: u64,
 }
