@@ -80,6 +80,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/history/{*key}", get(kv_history))
         .route("/v1/txn", post(txn))
         .route("/v1/counters/add", post(counter_add))
+        .route("/v1/quotas/{*quota}", get(quota_get).put(quota_set))
+        .route("/v1/reservations", post(quota_reserve))
+        .route("/v1/reservations/{id}/commit", post(quota_commit))
+        .route(
+            "/v1/reservations/{id}",
+            axum::routing::delete(quota_release),
+        )
+        .route("/v1/rate/take", post(rate_take))
+        .route("/v1/buckets/{*bucket}", get(bucket_get))
         .route("/v1/events", get(events))
         .route("/v1/watch", get(watch))
         .fallback(|| async {
@@ -816,6 +825,156 @@ async fn counter_add(
     state.run(&headers, op, body.fence).await
 }
 
+// ---- quotas and rate limits ---------------------------------------------------
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct QuotaSetBody {
+    capacity: u64,
+    #[serde(default)]
+    reset_used: bool,
+}
+
+#[utoipa::path(put, path = "/v1/quotas/{quota}", summary = "Create a quota or change its capacity", request_body = QuotaSetBody, params(("quota" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QuotaInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn quota_set(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    quota: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<QuotaSetBody>,
+) -> Response {
+    match key_path(quota) {
+        Ok(quota) => {
+            state
+                .run(
+                    &headers,
+                    Op::QuotaSet {
+                        quota,
+                        capacity: body.capacity,
+                        reset_used: body.reset_used,
+                    },
+                    None,
+                )
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/quotas/{quota}", summary = "A quota's capacity, use and reservations", params(("quota" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QuotaInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn quota_get(
+    State(state): State<AppState>,
+    quota: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    reply_json(key_path(quota).and_then(|quota| state.read(|m| m.quota(&quota))))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    quota: String,
+    amount: u64,
+    ttl_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+#[utoipa::path(post, path = "/v1/reservations", summary = "Reserve part of a quota before spending it", request_body = ReserveBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::ReservationInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn quota_reserve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ReserveBody>,
+) -> Response {
+    let op = Op::QuotaReserve {
+        quota: body.quota,
+        amount: body.amount,
+        ttl_ms: body.ttl_ms,
+    };
+    state.run(&headers, op, body.fence).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    actual: u64,
+}
+
+#[utoipa::path(post, path = "/v1/reservations/{id}/commit", summary = "Consume what was actually spent; the rest returns to the pool", request_body = CommitBody, params(("id" = u64, Path, description = "reservation id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SettleResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn quota_commit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    JsonBody(body): JsonBody<CommitBody>,
+) -> Response {
+    match path_id(id, "reservation_id") {
+        Ok(reservation_id) => {
+            state
+                .run(
+                    &headers,
+                    Op::QuotaCommit {
+                        reservation_id,
+                        actual: body.actual,
+                    },
+                    None,
+                )
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/reservations/{id}", summary = "Return a reservation to the pool; idempotent", params(("id" = u64, Path, description = "reservation id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SettleResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn quota_release(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    match path_id(id, "reservation_id") {
+        Ok(reservation_id) => {
+            state
+                .run(&headers, Op::QuotaRelease { reservation_id }, None)
+                .await
+        }
+        Err(e) => reply_json::<Value>(Err(e)),
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RateTakeBody {
+    bucket: String,
+    #[serde(default = "one")]
+    tokens: u64,
+    rate_per_sec: u64,
+    burst: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[utoipa::path(post, path = "/v1/rate/take", summary = "Take tokens from a shared token bucket, or get RATE_LIMITED with retry_after_ms", request_body = RateTakeBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::RateResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn rate_take(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RateTakeBody>,
+) -> Response {
+    let op = Op::RateTake {
+        bucket: body.bucket,
+        tokens: body.tokens,
+        rate_per_sec: body.rate_per_sec,
+        burst: body.burst,
+    };
+    state.run(&headers, op, None).await
+}
+
+#[utoipa::path(get, path = "/v1/buckets/{bucket}", summary = "A bucket's tokens and who spends them", params(("bucket" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::BucketInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn bucket_get(
+    State(state): State<AppState>,
+    bucket: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    reply_json(key_path(bucket).and_then(|bucket| state.read(|m| m.bucket(&bucket))))
+}
+
 // ---- events and watch -----------------------------------------------------------
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1025,7 +1184,14 @@ struct ErrorEnvelope {
         txn,
         counter_add,
         events,
-        watch
+        watch,
+        quota_set,
+        quota_get,
+        quota_reserve,
+        quota_commit,
+        quota_release,
+        rate_take,
+        bucket_get
     )
 )]
 pub struct ApiDoc;

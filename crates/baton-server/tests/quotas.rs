@@ -1,0 +1,136 @@
+//! Quotas and shared rate limits over real concurrent HTTP clients.
+
+mod support;
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+use support::*;
+
+const AGENTS: usize = 32;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_agents_reserving_never_exceed_the_capacity() {
+    let server = TestServer::start().await;
+    let admin = server.client("admin");
+    admin
+        .call(
+            "PUT",
+            "/v1/quotas/spend/run-1",
+            Some(json!({"capacity": 100})),
+            None,
+        )
+        .await
+        .ok();
+    let mut tasks = Vec::new();
+    for agent in 0..AGENTS {
+        let api = server.client(&format!("sub-{agent}"));
+        tasks.push(tokio::spawn(async move {
+            let mut committed = 0u64;
+            for round in 0..6u64 {
+                let amount = 1 + (agent as u64 * 7 + round * 3) % 9;
+                let reply = api
+                    .post(
+                        "/v1/reservations",
+                        json!({"quota": "spend/run-1", "amount": amount, "ttl_ms": 60_000}),
+                    )
+                    .await;
+                if reply.body["ok"] != true {
+                    assert_eq!(reply.code(), "QUOTA_EXCEEDED");
+                    continue;
+                }
+                let id = reply.ok()["reservation_id"].as_u64().unwrap();
+                let actual = amount / 2 + 1;
+                let settled = api
+                    .post(
+                        &format!("/v1/reservations/{id}/commit"),
+                        json!({"actual": actual.min(amount)}),
+                    )
+                    .await;
+                committed += settled.ok()["committed"].as_u64().unwrap();
+            }
+            committed
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let quota = admin.get("/v1/quotas/spend/run-1").await.ok().clone();
+    assert_eq!(quota["used"], committed, "every commit counted once");
+    assert!(
+        committed <= 100,
+        "committed {committed} beyond the capacity"
+    );
+    assert_eq!(quota["reserved"], 0);
+    assert!(
+        committed >= 90,
+        "the quota should have been used nearly fully, got {committed}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_agents_on_one_bucket_get_at_most_rate_times_time_plus_burst() {
+    let server = TestServer::start().await;
+    let (rate, burst, seconds) = (50u64, 10u64, 3u64);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for agent in 0..AGENTS {
+        let api = server.client(&format!("caller-{agent}"));
+        tasks.push(tokio::spawn(async move {
+            let mut granted = 0u64;
+            let mut refused = 0u64;
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            while Instant::now() < deadline {
+                let reply = api
+                    .post(
+                        "/v1/rate/take",
+                        json!({"bucket": "api/llm", "rate_per_sec": rate, "burst": burst}),
+                    )
+                    .await;
+                if reply.body["ok"] == true {
+                    granted += 1;
+                } else {
+                    assert_eq!(reply.code(), "RATE_LIMITED");
+                    let wait = reply.body["error"]["retry_after_ms"].as_u64().unwrap();
+                    assert!(
+                        wait >= 1 && wait <= 1000 / rate + 1,
+                        "retry_after_ms {wait}"
+                    );
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+            }
+            (granted, refused)
+        }));
+    }
+    let (mut granted, mut refused) = (0, 0);
+    for task in tasks {
+        let (g, r) = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap()
+            .unwrap();
+        granted += g;
+        refused += r;
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let bound = burst + rate * elapsed_ms / 1000 + 1;
+    assert!(granted <= bound, "granted {granted} > {bound}");
+    assert!(refused > 0, "32 agents must have been throttled");
+    let api = server.client("observer");
+    let bucket = api.get("/v1/buckets/api/llm").await.ok().clone();
+    let accounted: u64 = bucket["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        accounted, granted,
+        "usage accounts every granted token to its agent"
+    );
+    server.stop().await;
+}
