@@ -114,22 +114,30 @@ pub fn status(args: StatusArgs, mode: OutputMode) -> i32 {
     let url = args.conn.url.clone();
     emit(mode, &reply, |v| {
         text::typed(v, |status: Status| {
-            let mut lines = vec![
-                format!("baton {} at {url}", status.version),
-                format!("revision     {}", status.revision),
-                format!("time         {}", text::time(status.time)),
-                format!("sessions     {}", status.sessions),
-                format!("locks held   {}", status.locks_held),
-                format!("locks queued {}", status.locks_waiting),
-                format!("keys         {}", status.keys),
+            let mut rows = vec![
+                ("revision".to_string(), status.revision.to_string()),
+                ("time".to_string(), text::time(status.time)),
+                ("sessions".to_string(), status.sessions.to_string()),
+                ("locks held".to_string(), status.locks_held.to_string()),
+                (
+                    "locks waiting".to_string(),
+                    status.locks_waiting.to_string(),
+                ),
+                ("keys".to_string(), status.keys.to_string()),
             ];
             for (name, value) in &status.other {
                 let value = match value {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
-                lines.push(format!("{:<12} {value}", name.replace('_', " ")));
+                rows.push((name.replace('_', " "), value));
             }
+            let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+            let mut lines = vec![format!("baton {} at {url}", status.version)];
+            lines.extend(
+                rows.iter()
+                    .map(|(name, value)| format!("{name:<width$}  {value}")),
+            );
             lines.join("\n")
         })
     })

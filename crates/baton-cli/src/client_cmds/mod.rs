@@ -310,6 +310,23 @@ mod tests {
     }
 
     #[test]
+    fn exit_codes_are_the_error_codes() {
+        use crate::output::exit_code;
+        for code in ErrorCode::ALL {
+            let reply: Result<(), Error> = Err(Error::new(code, "x"));
+            assert_eq!(exit_code(&reply), code.exit_code());
+        }
+        let exit = |code| exit_code::<()>(&Err(Error::new(code, "x")));
+        assert_eq!(exit(ErrorCode::ConcurrentModification), 6);
+        assert_eq!(exit(ErrorCode::Fenced), 7);
+        assert_eq!(exit(ErrorCode::Deadlock), 8);
+        assert_eq!(exit(ErrorCode::RateLimited), 9);
+        assert_eq!(exit(ErrorCode::QuotaExceeded), 9);
+        assert_eq!(exit(ErrorCode::Unavailable), 10);
+        assert_eq!(exit(ErrorCode::InvalidArgument), 2);
+    }
+
+    #[test]
     fn the_default_agent_is_never_empty() {
         assert!(!default_agent().is_empty());
     }
