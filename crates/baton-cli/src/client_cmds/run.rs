@@ -35,7 +35,9 @@ group; use --foreground for a command that reads from the terminal.
 Ctrl-C or SIGTERM to `baton run` is passed on to the command; the lock is
 released when it has exited. Exit code: the command's (128+N if killed by
 signal N); 7 if the lease was lost; 6 if the keys were still held after
---wait; 10 if the server cannot be reached.
+--wait; 10 if the server cannot be reached. On success `baton run` prints
+nothing of its own; an error is printed after the command's output (JSON
+mode: one envelope line on stdout).
 
 Examples:
   baton run --lock deploy/prod -- ./deploy.sh
