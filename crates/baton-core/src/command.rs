@@ -285,6 +285,32 @@ pub enum Op {
     QuotaRelease {
         reservation_id: u64,
     },
+    /// Single-flight read of a shared credential or cache entry: its value if
+    /// younger than `max_age_ms`, else a refresh claim for the first caller and
+    /// a (bounded) wait for everyone else.
+    Once {
+        key: String,
+        max_age_ms: u64,
+        claim_ttl_ms: u64,
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    /// Publish the refreshed value under a current claim.
+    OnceFulfil {
+        key: String,
+        claim_id: u64,
+        value: Value,
+    },
+    /// Give a claim up: the next waiter gets it.
+    OnceAbandon {
+        key: String,
+        claim_id: u64,
+    },
+    /// Withdraw a waiting request (a lock or a `once` wait), e.g. when its
+    /// caller went away. Settled requests are left alone.
+    CancelWait {
+        id: u64,
+    },
     /// Take tokens from a shared token bucket (created on first use).
     RateTake {
         bucket: String,
@@ -316,6 +342,10 @@ impl Op {
             Op::QuotaCommit { .. } => "quota_commit",
             Op::QuotaRelease { .. } => "quota_release",
             Op::RateTake { .. } => "rate_take",
+            Op::Once { .. } => "once",
+            Op::OnceFulfil { .. } => "once_fulfil",
+            Op::OnceAbandon { .. } => "once_abandon",
+            Op::CancelWait { .. } => "cancel_wait",
         }
     }
 
@@ -329,6 +359,9 @@ impl Op {
             | Op::CounterAdd { key, .. } => vec![key.clone()],
             Op::QuotaSet { quota, .. } | Op::QuotaReserve { quota, .. } => vec![quota.clone()],
             Op::RateTake { bucket, .. } => vec![bucket.clone()],
+            Op::Once { key, .. } | Op::OnceFulfil { key, .. } | Op::OnceAbandon { key, .. } => {
+                vec![key.clone()]
+            }
             Op::Txn(txn) => {
                 let mut keys: Vec<String> = txn
                     .compares

@@ -37,6 +37,8 @@ pub enum EventKind {
     /// A reservation's TTL ran out: its amount went back to the pool.
     ReservationExpired,
     RateTaken,
+    /// An agent got the refresh claim of a `once` key.
+    OnceClaimed,
     /// A txn that wrote nothing (or was refused).
     Txn,
     /// A command that was refused: `outcome` says why.

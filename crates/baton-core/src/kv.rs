@@ -205,6 +205,7 @@ impl StateMachine {
                         stored.value = value.clone();
                         stored.version = seq;
                         stored.expires_at = expires_at;
+                        stored.updated_at = now;
                         stored.history.push_back(entry);
                         while stored.history.len() > history_depth {
                             stored.history.pop_front();
@@ -223,6 +224,7 @@ impl StateMachine {
                                 version: seq,
                                 created_revision: seq,
                                 expires_at,
+                                updated_at: now,
                                 history,
                             },
                         );

@@ -16,6 +16,7 @@ mod kv;
 pub mod limits;
 mod locks;
 mod machine;
+mod once;
 mod quota;
 pub mod reply;
 pub mod validate;

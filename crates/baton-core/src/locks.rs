@@ -178,6 +178,7 @@ impl StateMachine {
         self.insert_lock(seq, lock, &party);
         self.set_deadline(None, Some(deadline), Deadline::LockWait(seq));
         let info = self.lock_info(seq, &self.locks[&seq]);
+        fx.pending = Some(seq);
         let mut event = self.event(
             seq,
             &command.agent,
@@ -402,7 +403,7 @@ impl StateMachine {
             }
             let info = self.grant(seq, id, fx);
             fx.wakeups.push(Wakeup {
-                lock_id: id,
+                id,
                 reply: Ok(Response::Lock(info)),
             });
         }
@@ -491,7 +492,7 @@ impl StateMachine {
                 event.detail = Some(json!({ "reason": reason }));
                 fx.events.push(event);
                 fx.wakeups.push(Wakeup {
-                    lock_id: id,
+                    id,
                     reply: Err(error),
                 });
             }

@@ -23,15 +23,20 @@ pub struct Output {
     pub reply: Reply,
     /// The audit trail of this command, in order.
     pub events: Vec<Event>,
-    /// Waiting lock requests this command settled (granted or failed):
-    /// the server answers their callers.
+    /// Waiting requests this command settled (granted or failed): the
+    /// server answers their callers.
     pub wakeups: Vec<Wakeup>,
+    /// Set when `reply` is provisional: the request waits, and its final
+    /// reply will come as a [`Wakeup`] with this id (or be withdrawn with
+    /// `Op::CancelWait`).
+    pub pending: Option<u64>,
 }
 
 /// A queued lock request that has reached its outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wakeup {
-    pub lock_id: u64,
+    /// The waiting request's id: a lock id, or a `once` waiter's id.
+    pub id: u64,
     pub reply: Reply,
 }
 
@@ -111,6 +116,9 @@ pub(crate) struct Stored {
     pub version: u64,
     pub created_revision: u64,
     pub expires_at: Option<u64>,
+    /// When the value was last written (the core's time).
+    #[serde(default)]
+    pub updated_at: u64,
     /// Newest last; includes the current version.
     pub history: VecDeque<HistoryEntry>,
 }
@@ -126,6 +134,8 @@ pub(crate) enum Deadline {
     KeyTtl(String),
     LockDelay(String),
     Reservation(u64),
+    OnceClaim(String),
+    OnceWait(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +165,18 @@ pub(crate) struct IdempotencyRecord {
 pub(crate) struct Effects {
     pub events: Vec<Event>,
     pub wakeups: Vec<Wakeup>,
+    pub pending: Option<u64>,
+}
+
+impl Effects {
+    fn into_output(self, reply: Reply) -> Output {
+        Output {
+            reply,
+            events: self.events,
+            wakeups: self.wakeups,
+            pending: self.pending,
+        }
+    }
 }
 
 /// Baton's whole replicated state. See the crate docs for the rules.
@@ -186,6 +208,10 @@ pub struct StateMachine {
     pub(crate) reservations: BTreeMap<u64, crate::quota::Reservation>,
     #[serde(default)]
     pub(crate) buckets: BTreeMap<String, crate::quota::Bucket>,
+    #[serde(default)]
+    pub(crate) onces: BTreeMap<String, crate::once::OnceState>,
+    #[serde(default)]
+    pub(crate) once_waiters: BTreeMap<u64, crate::once::OnceWaiter>,
     /// Derived from `locks`: every live lock of each party. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) party_locks: BTreeMap<Party, BTreeSet<u64>>,
@@ -216,6 +242,8 @@ impl StateMachine {
             quotas: BTreeMap::new(),
             reservations: BTreeMap::new(),
             buckets: BTreeMap::new(),
+            onces: BTreeMap::new(),
+            once_waiters: BTreeMap::new(),
             party_locks: BTreeMap::new(),
             locks_held: 0,
         }
@@ -291,20 +319,19 @@ impl StateMachine {
         self.fire_due(seq, &mut fx);
         self.expire_idempotency();
         if matches!(command.op, Op::Tick) {
-            return Output {
-                reply: Ok(Response::Empty {}),
-                events: fx.events,
-                wakeups: fx.wakeups,
-            };
+            return fx.into_output(Ok(Response::Empty {}));
         }
 
         let idempotency = match self.check_idempotency(command) {
             Ok(Some(recorded)) => {
-                return Output {
-                    reply: self.replay(recorded),
-                    events: fx.events,
-                    wakeups: fx.wakeups,
-                };
+                let reply = self.replay(recorded);
+                // A replayed request that still waits joins the original wait.
+                if let Ok(Response::Lock(info)) = &reply
+                    && info.status == LockStatus::Waiting
+                {
+                    fx.pending = Some(info.lock_id);
+                }
+                return fx.into_output(reply);
             }
             Ok(None) => command
                 .idempotency_key
@@ -312,11 +339,7 @@ impl StateMachine {
                 .map(|key| (key.clone(), fingerprint(command))),
             Err(error) => {
                 self.refused(seq, command, &error, &mut fx);
-                return Output {
-                    reply: Err(error),
-                    events: fx.events,
-                    wakeups: fx.wakeups,
-                };
+                return fx.into_output(Err(error));
             }
         };
 
@@ -328,11 +351,10 @@ impl StateMachine {
             self.record_idempotency(&command.agent, key, fingerprint, &reply);
         }
         self.debug_check_invariants();
-        Output {
-            reply,
-            events: fx.events,
-            wakeups: fx.wakeups,
+        if reply.is_err() {
+            fx.pending = None;
         }
+        fx.into_output(reply)
     }
 
     fn execute(&mut self, seq: u64, command: &Command, fx: &mut Effects) -> Reply {
@@ -409,6 +431,21 @@ impl StateMachine {
             Op::QuotaRelease { reservation_id } => {
                 self.quota_settle(seq, command, *reservation_id, None, fx)
             }
+            Op::Once {
+                key,
+                max_age_ms,
+                claim_ttl_ms,
+                wait_ms,
+            } => self.once(seq, command, key, *max_age_ms, *claim_ttl_ms, *wait_ms, fx),
+            Op::OnceFulfil {
+                key,
+                claim_id,
+                value,
+            } => self.once_fulfil(seq, command, key, *claim_id, value, fx),
+            Op::OnceAbandon { key, claim_id } => {
+                self.once_abandon(seq, command, key, *claim_id, fx)
+            }
+            Op::CancelWait { id } => self.cancel_wait(seq, command, *id, fx),
             Op::RateTake {
                 bucket,
                 tokens,
@@ -511,6 +548,14 @@ impl StateMachine {
                 }
                 Deadline::KeyTtl(key) => self.expire_key(seq, &key, fx),
                 Deadline::Reservation(id) => self.expire_reservation(seq, id, fx),
+                Deadline::OnceClaim(key) => self.expire_claim(seq, &key, fx),
+                Deadline::OnceWait(id) => {
+                    if let Some(waiter) = self.once_waiters.get_mut(&id) {
+                        // Popped already: clear the mirror so nothing unindexes it.
+                        waiter.deadline = u64::MAX;
+                    }
+                    self.once_wait_timed_out(id, fx);
+                }
                 Deadline::LockDelay(key) => {
                     if let Some(state) = self.lock_keys.get_mut(&key) {
                         state.delayed_until = None;

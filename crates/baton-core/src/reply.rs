@@ -26,6 +26,7 @@ pub enum Response {
     Settled(SettleResult),
     Quota(QuotaInfo),
     Rate(RateResult),
+    Once(OnceResult),
     /// Tick: nothing to say.
     Empty {},
 }
@@ -337,4 +338,27 @@ pub struct BucketInfo {
 pub struct AgentUsage {
     pub agent: String,
     pub tokens: u64,
+}
+
+/// What `once` answered: a `fresh` value, a refresh `claimed` by the caller
+/// (fulfil it with `claim_id`), or `waiting` for another agent's refresh.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnceResult {
+    pub key: String,
+    /// `fresh`, `claimed` or `waiting`.
+    pub status: String,
+    /// The value: fresh, or the stale one a claimant is replacing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Arc<Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    /// For `claimed`: the claim to fulfil (also its fencing token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<u64>,
+    /// For `claimed`: when the claim lapses; for `waiting`: when the wait ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
 }

@@ -82,7 +82,7 @@ fn waiters_are_served_fifo_and_woken_with_a_fresh_fence() {
     let release_seq = h.seq;
     let wakeups = h.take_wakeups();
     assert_eq!(wakeups.len(), 1);
-    assert_eq!(wakeups[0].lock_id, w1.lock_id);
+    assert_eq!(wakeups[0].id, w1.lock_id);
     let granted = lock(&wakeups[0].reply).clone();
     assert_eq!(
         granted.fence_token,
@@ -99,7 +99,7 @@ fn waiters_are_served_fifo_and_woken_with_a_fresh_fence() {
     )
     .unwrap();
     let wakeups = h.take_wakeups();
-    assert_eq!(wakeups[0].lock_id, w2.lock_id);
+    assert_eq!(wakeups[0].id, w2.lock_id);
     assert!(lock(&wakeups[0].reply).fence_token.unwrap() > granted.fence_token.unwrap());
 }
 
@@ -117,11 +117,11 @@ fn a_waiting_exclusive_request_blocks_later_shared_ones() {
     h.op("r1", Op::LockRelease { lock_id: reader }).unwrap();
     let wakeups = h.take_wakeups();
     assert_eq!(
-        wakeups.iter().map(|w| w.lock_id).collect::<Vec<_>>(),
+        wakeups.iter().map(|w| w.id).collect::<Vec<_>>(),
         vec![writer]
     );
     h.op("w", Op::LockRelease { lock_id: writer }).unwrap();
-    assert_eq!(h.take_wakeups()[0].lock_id, late_reader.lock_id);
+    assert_eq!(h.take_wakeups()[0].id, late_reader.lock_id);
 }
 
 #[test]
@@ -260,7 +260,7 @@ fn lock_delay_holds_an_expired_lock_keys() {
         ErrorCode::ConcurrentModification
     );
     h.advance(500);
-    assert_eq!(h.take_wakeups()[0].lock_id, waiter);
+    assert_eq!(h.take_wakeups()[0].id, waiter);
 
     // A voluntary release applies no delay.
     let mut h = Harness::new();
@@ -284,7 +284,7 @@ fn a_wait_that_times_out_fails_with_holders_and_retry_hint() {
     h.advance(2_000);
     let wakeups = h.take_wakeups();
     assert_eq!(wakeups.len(), 1);
-    assert_eq!(wakeups[0].lock_id, waiter);
+    assert_eq!(wakeups[0].id, waiter);
     let error = err(&wakeups[0].reply);
     assert_eq!(error.code, ErrorCode::ConcurrentModification);
     assert_eq!(error.retry_after_ms, Some(8_000));
@@ -439,7 +439,7 @@ fn session_bound_locks_end_with_their_session() {
             .iter()
             .any(|e| e.kind == EventKind::LeaseLost && e.lock_id == Some(held))
     );
-    assert_eq!(h.take_wakeups()[0].lock_id, waiter);
+    assert_eq!(h.take_wakeups()[0].id, waiter);
     assert_eq!(
         err(&h.op("a", Op::SessionKeepalive { session_id: s })).code,
         ErrorCode::Fenced
@@ -475,7 +475,7 @@ fn kill_fails_the_sessions_waiters_and_close_releases_without_lease_lost() {
     )
     .unwrap();
     let wakeups = h.take_wakeups();
-    assert_eq!(wakeups[0].lock_id, b_waits);
+    assert_eq!(wakeups[0].id, b_waits);
     assert_eq!(err(&wakeups[0].reply).code, ErrorCode::Fenced);
     assert!(err(&wakeups[0].reply).message.contains("killed"));
 
@@ -591,7 +591,7 @@ fn cancelling_a_waiter_lets_the_ones_behind_it_go() {
         })
     ));
     let wakeups = h.take_wakeups();
-    let ids: Vec<u64> = wakeups.iter().map(|w| w.lock_id).collect();
+    let ids: Vec<u64> = wakeups.iter().map(|w| w.id).collect();
     assert_eq!(ids, vec![writer, reader]);
     assert!(wakeups[0].reply.is_err());
     assert_eq!(lock(&wakeups[1].reply).status, LockStatus::Held);

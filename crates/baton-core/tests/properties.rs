@@ -129,7 +129,7 @@ impl Run {
             }
         }
         for wakeup in &out.wakeups {
-            self.waiting.remove(&wakeup.lock_id);
+            self.waiting.remove(&wakeup.id);
         }
         out.reply
     }

@@ -88,6 +88,9 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(quota_release),
         )
         .route("/v1/rate/take", post(rate_take))
+        .route("/v1/once", post(once))
+        .route("/v1/once/fulfil", post(once_fulfil))
+        .route("/v1/once/abandon", post(once_abandon))
         .route("/v1/buckets/{*bucket}", get(bucket_get))
         .route("/v1/events", get(events))
         .route("/v1/watch", get(watch))
@@ -477,19 +480,28 @@ async fn lock_acquire(
         wait_ms: body.wait_ms,
         lock_delay_ms: body.lock_delay_ms,
     };
-    // A waiting request is answered by the writer when granted or failed; if
-    // this future is dropped (client gone) the writer withdraws the request.
-    let mut stop = state.sequencer.stop_signal();
-    let run = state.run(&headers, Op::LockAcquire(acquire), body.fence);
-    match stop.as_mut() {
-        Some(stop) => tokio::select! {
-            response = run => response,
-            _ = stop.wait_for(|stopping| *stopping) => reply_json::<Value>(Err(Error::new(
-                ErrorCode::Unavailable,
-                "the server is shutting down; your lock request was withdrawn; retry against a running server",
-            ))),
-        },
-        None => run.await,
+    state
+        .run_waiting(&headers, Op::LockAcquire(acquire), body.fence)
+        .await
+}
+
+impl AppState {
+    /// Run a command that may wait (a lock or a `once`): the writer answers
+    /// when it is granted or fails; if this future is dropped (client gone)
+    /// the writer withdraws the request; at shutdown it is withdrawn too.
+    async fn run_waiting(&self, headers: &HeaderMap, op: Op, fence: Option<Fence>) -> Response {
+        let mut stop = self.sequencer.stop_signal();
+        let run = self.run(headers, op, fence);
+        match stop.as_mut() {
+            Some(stop) => tokio::select! {
+                response = run => response,
+                _ = stop.wait_for(|stopping| *stopping) => reply_json::<Value>(Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the server is shutting down; your waiting request was withdrawn; retry against a running server",
+                ))),
+            },
+            None => run.await,
+        }
     }
 }
 
@@ -975,6 +987,89 @@ async fn bucket_get(
     reply_json(key_path(bucket).and_then(|bucket| state.read(|m| m.bucket(&bucket))))
 }
 
+// ---- once (single-flight refresh) ------------------------------------------------
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct OnceBody {
+    key: String,
+    max_age_ms: u64,
+    claim_ttl_ms: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+#[utoipa::path(post, path = "/v1/once", summary = "Single-flight refresh: the fresh value, a refresh claim for the first caller, or a wait for the claimant's value", request_body = OnceBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::OnceResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn once(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<OnceBody>,
+) -> Response {
+    if body.wait_ms > state.config.max_wait_ms {
+        return reply_json::<Value>(Err(Error::invalid(
+            "wait_ms",
+            format!(
+                "at most {} ms on this server (--max-wait)",
+                state.config.max_wait_ms
+            ),
+        )));
+    }
+    let op = Op::Once {
+        key: body.key,
+        max_age_ms: body.max_age_ms,
+        claim_ttl_ms: body.claim_ttl_ms,
+        wait_ms: body.wait_ms,
+    };
+    state.run_waiting(&headers, op, None).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct FulfilBody {
+    key: String,
+    claim_id: u64,
+    value: Value,
+}
+
+#[utoipa::path(post, path = "/v1/once/fulfil", summary = "Publish the refreshed value under your claim; waiters get it", request_body = FulfilBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::OnceResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn once_fulfil(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FulfilBody>,
+) -> Response {
+    let op = Op::OnceFulfil {
+        key: body.key,
+        claim_id: body.claim_id,
+        value: body.value,
+    };
+    state.run(&headers, op, None).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AbandonBody {
+    key: String,
+    claim_id: u64,
+}
+
+#[utoipa::path(post, path = "/v1/once/abandon", summary = "Give up a refresh claim; the next waiter gets it", request_body = AbandonBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<serde_json::Value>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn once_abandon(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<AbandonBody>,
+) -> Response {
+    state
+        .run(
+            &headers,
+            Op::OnceAbandon {
+                key: body.key,
+                claim_id: body.claim_id,
+            },
+            None,
+        )
+        .await
+}
+
 // ---- events and watch -----------------------------------------------------------
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1191,7 +1286,10 @@ struct ErrorEnvelope {
         quota_commit,
         quota_release,
         rate_take,
-        bucket_get
+        bucket_get,
+        once,
+        once_fulfil,
+        once_abandon
     )
 )]
 pub struct ApiDoc;

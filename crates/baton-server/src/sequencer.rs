@@ -10,7 +10,7 @@
 //! Storage failure is fail-stop: the batch is answered UNAVAILABLE, every
 //! later write too, and `readyz` turns 503; a restart recovers from the log.
 
-use baton_core::{Command, Error, ErrorCode, LockStatus, Op, Reply, Response, StateMachine};
+use baton_core::{Command, Error, ErrorCode, Op, Reply, StateMachine};
 use baton_log::{Log, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -322,7 +322,7 @@ impl Writer {
                 wait.cancelling = true;
                 cancels.push(Command::new(
                     wait.agent.clone(),
-                    Op::LockRelease { lock_id: *lock_id },
+                    Op::CancelWait { id: *lock_id },
                 ));
             }
         }
@@ -387,7 +387,7 @@ impl Writer {
             }
             self.shared.events.push(output.events);
             for wakeup in output.wakeups {
-                if let Some(wait) = self.pending.remove(&wakeup.lock_id) {
+                if let Some(wait) = self.pending.remove(&wakeup.id) {
                     m::observe_wait(&wait.namespace, wait.since.elapsed(), &wakeup.reply);
                     for caller in wait.callers {
                         let _ = caller.send(wakeup.reply.clone());
@@ -397,26 +397,25 @@ impl Writer {
             let Some((reply, received)) = caller else {
                 continue;
             };
-            match &output.reply {
-                Ok(Response::Lock(info)) if info.status == LockStatus::Waiting => {
-                    let namespace = info
-                        .keys
+            match output.pending {
+                // The request waits: its final reply comes as a wakeup.
+                Some(id) => {
+                    let namespace = command
+                        .op
+                        .keys()
                         .first()
                         .map(|k| baton_core::validate::namespace_of(k).to_string())
                         .unwrap_or_default();
-                    let wait = self
-                        .pending
-                        .entry(info.lock_id)
-                        .or_insert_with(|| PendingWait {
-                            agent: command.agent.clone(),
-                            callers: Vec::new(),
-                            since: received,
-                            namespace,
-                            cancelling: false,
-                        });
+                    let wait = self.pending.entry(id).or_insert_with(|| PendingWait {
+                        agent: command.agent.clone(),
+                        callers: Vec::new(),
+                        since: received,
+                        namespace,
+                        cancelling: false,
+                    });
                     wait.callers.push(reply);
                 }
-                _ => {
+                None => {
                     let _ = reply.send(output.reply);
                 }
             }

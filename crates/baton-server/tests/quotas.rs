@@ -134,3 +134,49 @@ async fn thirty_two_agents_on_one_bucket_get_at_most_rate_times_time_plus_burst(
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_two_agents_on_a_stale_token_trigger_exactly_one_refresh() {
+    let server = TestServer::start().await;
+    let refreshes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for agent in 0..AGENTS {
+        let api = server.client(&format!("agent-{agent}"));
+        let refreshes = refreshes.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"key": "cred/api-token", "max_age_ms": 600_000, "claim_ttl_ms": 10_000, "wait_ms": 20_000});
+            let reply = api.post("/v1/once", body).await;
+            let result = reply.ok().clone();
+            match result["status"].as_str().unwrap() {
+                "claimed" => {
+                    // The refresh itself: slow enough that everyone else is queued.
+                    refreshes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let fulfil = json!({"key": "cred/api-token", "claim_id": result["claim_id"], "value": format!("token-from-{agent}")});
+                    api.post("/v1/once/fulfil", fulfil).await.ok()["value"].as_str().unwrap().to_string()
+                }
+                "fresh" => result["value"].as_str().unwrap().to_string(),
+                other => panic!("unexpected once status {other}: {result}"),
+            }
+        }));
+    }
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "exactly one refresh"
+    );
+    assert!(
+        tokens.windows(2).all(|w| w[0] == w[1]),
+        "everyone got the one refreshed token: {tokens:?}"
+    );
+    server.stop().await;
+}

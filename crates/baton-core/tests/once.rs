@@ -1,0 +1,200 @@
+//! Once: single-flight refresh.
+
+mod common;
+
+use baton_core::*;
+use common::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn once(h: &mut Harness, agent: &str, wait_ms: u64) -> (Reply, Option<u64>) {
+    h.seq += 1;
+    let out = h.machine.apply(
+        h.seq,
+        h.time,
+        &Command::new(
+            agent,
+            Op::Once {
+                key: "cred/token".into(),
+                max_age_ms: 60_000,
+                claim_ttl_ms: 5_000,
+                wait_ms,
+            },
+        ),
+    );
+    h.events.extend(out.events);
+    h.wakeups.extend(out.wakeups);
+    (out.reply, out.pending)
+}
+
+fn result(reply: &Reply) -> &OnceResult {
+    match reply {
+        Ok(Response::Once(r)) => r,
+        other => panic!("expected a once result, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_caller_refreshes_and_the_others_wait_for_its_value() {
+    let mut h = Harness::new();
+    let (first, pending) = once(&mut h, "a", 10_000);
+    let claim = result(&first).clone();
+    assert_eq!((claim.status.as_str(), pending), ("claimed", None));
+    let (second, waiting_id) = once(&mut h, "b", 10_000);
+    assert_eq!(result(&second).status, "waiting");
+    let waiting_id = waiting_id.expect("b waits");
+    let (third, _) = once(&mut h, "c", 0);
+    assert_eq!(
+        err(&third).code,
+        ErrorCode::ConcurrentModification,
+        "without wait: told to come back"
+    );
+
+    let claim_id = claim.claim_id.unwrap();
+    let fulfilled = h
+        .op(
+            "a",
+            Op::OnceFulfil {
+                key: "cred/token".into(),
+                claim_id,
+                value: json!("tok-2"),
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(fulfilled, Response::Once(OnceResult { ref status, .. }) if status == "fresh")
+    );
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups.len(), 1);
+    assert_eq!(wakeups[0].id, waiting_id);
+    assert_eq!(
+        result(&wakeups[0].reply).value.as_deref(),
+        Some(&json!("tok-2"))
+    );
+    let (fourth, _) = once(&mut h, "d", 0);
+    assert_eq!(result(&fourth).status, "fresh");
+    assert_eq!(
+        *h.machine.get("cred/token").unwrap().entry.value,
+        json!("tok-2"),
+        "an ordinary key holds it"
+    );
+}
+
+#[test]
+fn an_expired_or_abandoned_claim_passes_to_the_next_waiter() {
+    let mut h = Harness::new();
+    let claim = result(&once(&mut h, "a", 0).0).claim_id.unwrap();
+    let b = once(&mut h, "b", 30_000).1.unwrap();
+    let c = once(&mut h, "c", 30_000).1.unwrap();
+    h.advance(5_000);
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups.len(), 1);
+    assert_eq!(wakeups[0].id, b);
+    let b_claim = result(&wakeups[0].reply).clone();
+    assert_eq!(b_claim.status, "claimed");
+    assert!(
+        h.take_events()
+            .iter()
+            .any(|e| e.kind == EventKind::LeaseLost)
+    );
+    let late = h.op(
+        "a",
+        Op::OnceFulfil {
+            key: "cred/token".into(),
+            claim_id: claim,
+            value: json!("stale"),
+        },
+    );
+    assert_eq!(
+        err(&late).code,
+        ErrorCode::Fenced,
+        "the expired claimant must not publish"
+    );
+
+    h.op(
+        "b",
+        Op::OnceAbandon {
+            key: "cred/token".into(),
+            claim_id: b_claim.claim_id.unwrap(),
+        },
+    )
+    .unwrap();
+    let wakeups = h.take_wakeups();
+    assert_eq!(
+        (wakeups[0].id, result(&wakeups[0].reply).status.as_str()),
+        (c, "claimed")
+    );
+}
+
+#[test]
+fn waits_time_out_and_can_be_cancelled() {
+    let mut h = Harness::new();
+    once(&mut h, "a", 0).0.unwrap();
+    let b = once(&mut h, "b", 1_000).1.unwrap();
+    let c = once(&mut h, "c", 4_000).1.unwrap();
+    h.op("c", Op::CancelWait { id: c }).unwrap();
+    assert_eq!(
+        err(&h.take_wakeups()[0].reply).code,
+        ErrorCode::ConcurrentModification
+    );
+    h.advance(1_000);
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups[0].id, b);
+    let error = err(&wakeups[0].reply);
+    assert_eq!(error.code, ErrorCode::ConcurrentModification);
+    assert_eq!(error.retry_after_ms, Some(4_000));
+    assert_eq!(
+        err(&once(&mut h, "a", 0).0).code,
+        ErrorCode::Deadlock,
+        "the claimant asking again is told it holds the claim"
+    );
+    assert_eq!(
+        h.machine.next_deadline(),
+        Some(h.time + 4_000),
+        "only the claim's lease is left"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Exactly one claim per staleness period, however many agents ask.
+    #[test]
+    fn exactly_one_refresh_per_staleness_period(steps in proptest::collection::vec((0usize..6, 0u64..3_000, any::<bool>()), 1..200)) {
+        let mut h = Harness::new();
+        let mut claims: Vec<(String, u64)> = Vec::new();
+        let mut live_claim: Option<(String, u64)> = None;
+        let mut fulfilled_at: Option<u64> = None;
+        for (agent, wait, fulfil) in steps {
+            let agent = format!("agent-{agent}");
+            h.time += wait;
+            let (reply, _) = once(&mut h, &agent, 0);
+            let mut granted: Vec<(String, u64)> = Vec::new();
+            if let Ok(Response::Once(r)) = &reply && r.status == "claimed" {
+                let fresh = fulfilled_at.is_some_and(|t| h.time - t < 60_000);
+                prop_assert!(!fresh, "claimed while the value was fresh");
+                granted.push((agent.clone(), r.claim_id.unwrap()));
+            }
+            for wakeup in h.take_wakeups() {
+                if let Ok(Response::Once(r)) = &wakeup.reply && r.status == "claimed" {
+                    granted.push(("waiter".into(), r.claim_id.unwrap()));
+                }
+            }
+            for event in h.take_events() {
+                if event.kind == EventKind::LeaseLost {
+                    live_claim = None;
+                }
+            }
+            for claim in granted {
+                prop_assert!(live_claim.is_none(), "a second claim {claim:?} while {live_claim:?} is live");
+                live_claim = Some(claim.clone());
+                claims.push(claim);
+            }
+            if fulfil && let Some((holder, id)) = live_claim.clone() && holder == agent {
+                h.op(&agent, Op::OnceFulfil { key: "cred/token".into(), claim_id: id, value: json!(id) }).unwrap();
+                live_claim = None;
+                fulfilled_at = Some(h.time);
+            }
+        }
+    }
+}
