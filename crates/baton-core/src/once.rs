@@ -109,6 +109,7 @@ impl StateMachine {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn once(
         &mut self,
         seq: u64,
