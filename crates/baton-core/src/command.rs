@@ -311,6 +311,35 @@ pub enum Op {
     CancelWait {
         id: u64,
     },
+    /// Append an item to a FIFO work queue (created on first use). Retries
+    /// are deduplicated with the command's idempotency key.
+    QueueEnqueue {
+        queue: String,
+        item: Value,
+        /// Deliveries before the item is dead-lettered (default 5).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_attempts: Option<u32>,
+    },
+    /// Take the oldest ready item for `visibility_ms`; it returns to the
+    /// queue if not acked in time.
+    QueueClaim {
+        queue: String,
+        visibility_ms: u64,
+    },
+    /// Done with a claimed item: it leaves the queue.
+    QueueAck {
+        queue: String,
+        item_id: u64,
+        claim_token: u64,
+    },
+    /// Give a claimed item back, visible again after `delay_ms`.
+    QueueNack {
+        queue: String,
+        item_id: u64,
+        claim_token: u64,
+        #[serde(default)]
+        delay_ms: u64,
+    },
     /// Take tokens from a shared token bucket (created on first use).
     RateTake {
         bucket: String,
@@ -346,6 +375,10 @@ impl Op {
             Op::OnceFulfil { .. } => "once_fulfil",
             Op::OnceAbandon { .. } => "once_abandon",
             Op::CancelWait { .. } => "cancel_wait",
+            Op::QueueEnqueue { .. } => "queue_enqueue",
+            Op::QueueClaim { .. } => "queue_claim",
+            Op::QueueAck { .. } => "queue_ack",
+            Op::QueueNack { .. } => "queue_nack",
         }
     }
 
@@ -359,6 +392,10 @@ impl Op {
             | Op::CounterAdd { key, .. } => vec![key.clone()],
             Op::QuotaSet { quota, .. } | Op::QuotaReserve { quota, .. } => vec![quota.clone()],
             Op::RateTake { bucket, .. } => vec![bucket.clone()],
+            Op::QueueEnqueue { queue, .. }
+            | Op::QueueClaim { queue, .. }
+            | Op::QueueAck { queue, .. }
+            | Op::QueueNack { queue, .. } => vec![queue.clone()],
             Op::Once { key, .. } | Op::OnceFulfil { key, .. } | Op::OnceAbandon { key, .. } => {
                 vec![key.clone()]
             }

@@ -39,6 +39,14 @@ pub enum EventKind {
     RateTaken,
     /// An agent got the refresh claim of a `once` key.
     OnceClaimed,
+    Enqueued,
+    QueueClaimed,
+    QueueAcked,
+    QueueNacked,
+    /// A claimed item was not acked in time and went back to the queue.
+    QueueClaimExpired,
+    /// An item ran out of attempts.
+    DeadLettered,
     /// A txn that wrote nothing (or was refused).
     Txn,
     /// A command that was refused: `outcome` says why.

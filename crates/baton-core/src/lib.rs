@@ -17,6 +17,7 @@ pub mod limits;
 mod locks;
 mod machine;
 mod once;
+mod queue;
 mod quota;
 pub mod reply;
 pub mod validate;

@@ -54,6 +54,12 @@ pub struct Limits {
     pub max_reservations: usize,
     /// Agents whose usage a bucket accounts by name; the rest are summed as `(other)`.
     pub max_usage_agents_per_bucket: usize,
+    /// Items in all queues (ready, claimed or delayed).
+    pub max_queue_items: usize,
+    /// Dead letters kept per queue (oldest dropped first).
+    pub max_dead_letters_per_queue: usize,
+    /// Deliveries before an item is dead-lettered, when enqueue does not say.
+    pub default_max_attempts: u32,
 }
 
 impl Default for Limits {
@@ -81,6 +87,9 @@ impl Default for Limits {
             max_quotas_and_buckets: 100_000,
             max_reservations: 1_000_000,
             max_usage_agents_per_bucket: 1024,
+            max_queue_items: 1_000_000,
+            max_dead_letters_per_queue: 1000,
+            default_max_attempts: 5,
         }
     }
 }

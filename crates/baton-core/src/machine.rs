@@ -136,6 +136,8 @@ pub(crate) enum Deadline {
     Reservation(u64),
     OnceClaim(String),
     OnceWait(u64),
+    /// A queue item becomes visible again (claim expiry or nack delay).
+    QueueItem(String, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +214,8 @@ pub struct StateMachine {
     pub(crate) onces: BTreeMap<String, crate::once::OnceState>,
     #[serde(default)]
     pub(crate) once_waiters: BTreeMap<u64, crate::once::OnceWaiter>,
+    #[serde(default)]
+    pub(crate) queues: BTreeMap<String, crate::queue::Queue>,
     /// Derived from `locks`: every live lock of each party. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) party_locks: BTreeMap<Party, BTreeSet<u64>>,
@@ -244,6 +248,7 @@ impl StateMachine {
             buckets: BTreeMap::new(),
             onces: BTreeMap::new(),
             once_waiters: BTreeMap::new(),
+            queues: BTreeMap::new(),
             party_locks: BTreeMap::new(),
             locks_held: 0,
         }
@@ -446,6 +451,34 @@ impl StateMachine {
                 self.once_abandon(seq, command, key, *claim_id, fx)
             }
             Op::CancelWait { id } => self.cancel_wait(seq, command, *id, fx),
+            Op::QueueEnqueue {
+                queue,
+                item,
+                max_attempts,
+            } => self.queue_enqueue(seq, command, queue, item, *max_attempts, fx),
+            Op::QueueClaim {
+                queue,
+                visibility_ms,
+            } => self.queue_claim(seq, command, queue, *visibility_ms, fx),
+            Op::QueueAck {
+                queue,
+                item_id,
+                claim_token,
+            } => self.queue_settle(seq, command, queue, *item_id, *claim_token, None, fx),
+            Op::QueueNack {
+                queue,
+                item_id,
+                claim_token,
+                delay_ms,
+            } => self.queue_settle(
+                seq,
+                command,
+                queue,
+                *item_id,
+                *claim_token,
+                Some(*delay_ms),
+                fx,
+            ),
             Op::RateTake {
                 bucket,
                 tokens,
@@ -549,6 +582,7 @@ impl StateMachine {
                 Deadline::KeyTtl(key) => self.expire_key(seq, &key, fx),
                 Deadline::Reservation(id) => self.expire_reservation(seq, id, fx),
                 Deadline::OnceClaim(key) => self.expire_claim(seq, &key, fx),
+                Deadline::QueueItem(queue, id) => self.queue_item_due(seq, &queue, id, fx),
                 Deadline::OnceWait(id) => {
                     if let Some(waiter) = self.once_waiters.get_mut(&id) {
                         // Popped already: clear the mirror so nothing unindexes it.
@@ -978,6 +1012,20 @@ impl StateMachine {
             assert_eq!(
                 reserved, quota.reserved,
                 "quota {name} reserved drifted from its reservations"
+            );
+        }
+        for (name, queue) in &self.queues {
+            for (id, item) in &queue.items {
+                let ready = matches!(item.state, crate::queue::ItemState::Ready);
+                assert_eq!(
+                    ready,
+                    queue.ready.contains(id),
+                    "queue {name} item {id}: ready set and state disagree"
+                );
+            }
+            assert!(
+                queue.ready.iter().all(|id| queue.items.contains_key(id)),
+                "queue {name} lists a missing item"
             );
         }
         let held = self.locks.values().filter(|l| l.is_held()).count();

@@ -27,6 +27,10 @@ pub enum Response {
     Quota(QuotaInfo),
     Rate(RateResult),
     Once(OnceResult),
+    Enqueued(EnqueueResult),
+    QueueItem(QueueItem),
+    QueueEmpty(QueueEmpty),
+    QueueSettled(QueueSettled),
     /// Tick: nothing to say.
     Empty {},
 }
@@ -361,4 +365,75 @@ pub struct OnceResult {
     /// For `claimed`: when the claim lapses; for `waiting`: when the wait ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnqueueResult {
+    pub queue: String,
+    pub item_id: u64,
+    /// Ready items in the queue after this one was added.
+    pub depth: usize,
+}
+
+/// A claimed item: work on it, then ack (or nack) with `claim_token`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueItem {
+    pub queue: String,
+    pub item_id: u64,
+    pub item: Arc<Value>,
+    /// This delivery's number, from 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// Fences this delivery: a late ack from an earlier, expired claim is FENCED.
+    pub claim_token: u64,
+    /// When the item becomes visible again unless acked.
+    pub visible_at: u64,
+    pub enqueued_at: u64,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEmpty {
+    pub queue: String,
+    /// Always true: nothing was ready to claim.
+    pub empty: bool,
+    /// Items claimed by others or delayed, that may come back.
+    pub in_flight: usize,
+    pub delayed: usize,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettled {
+    pub queue: String,
+    pub item_id: u64,
+    /// `acked`, `requeued`, `delayed` or `dead_lettered`.
+    pub outcome: String,
+}
+
+/// Depth and age of a queue.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub queue: String,
+    pub ready: usize,
+    pub in_flight: usize,
+    pub delayed: usize,
+    pub dead_lettered: usize,
+    /// Age of the oldest item not yet acked or dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_ms: Option<u64>,
+    /// The most recent dead-lettered items, newest last.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub item_id: u64,
+    pub item: Arc<Value>,
+    pub attempts: u32,
+    pub dead_at: u64,
 }
