@@ -88,6 +88,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(quota_release),
         )
         .route("/v1/rate/take", post(rate_take))
+        .route("/v1/queues/enqueue", post(queue_enqueue))
+        .route("/v1/queues/claim", post(queue_claim))
+        .route("/v1/queues/ack", post(queue_ack))
+        .route("/v1/queues/nack", post(queue_nack))
+        .route("/v1/queue-status/{*queue}", get(queue_status))
         .route("/v1/once", post(once))
         .route("/v1/once/fulfil", post(once_fulfil))
         .route("/v1/once/abandon", post(once_abandon))
@@ -1070,6 +1075,110 @@ async fn once_abandon(
         .await
 }
 
+// ---- queues -----------------------------------------------------------------
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    queue: String,
+    item: Value,
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+#[utoipa::path(post, path = "/v1/queues/enqueue", summary = "Append an item to a FIFO work queue (use Idempotency-Key to dedupe retries)", request_body = EnqueueBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::EnqueueResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn queue_enqueue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<EnqueueBody>,
+) -> Response {
+    let op = Op::QueueEnqueue {
+        queue: body.queue,
+        item: body.item,
+        max_attempts: body.max_attempts,
+    };
+    state.run(&headers, op, body.fence).await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    queue: String,
+    visibility_ms: u64,
+}
+
+#[utoipa::path(post, path = "/v1/queues/claim", summary = "Claim the oldest ready item for visibility_ms; {empty: true} when none is ready", request_body = ClaimBody, responses((status = 200, description = "ok envelope: a QueueItem or a QueueEmpty", body = OkEnvelope<baton_core::QueueItem>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn queue_claim(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<ClaimBody>,
+) -> Response {
+    state
+        .run(
+            &headers,
+            Op::QueueClaim {
+                queue: body.queue,
+                visibility_ms: body.visibility_ms,
+            },
+            None,
+        )
+        .await
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SettleBody {
+    queue: String,
+    item_id: u64,
+    claim_token: u64,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+#[utoipa::path(post, path = "/v1/queues/ack", summary = "Done with a claimed item; FENCED if the claim expired", request_body = SettleBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn queue_ack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SettleBody>,
+) -> Response {
+    state
+        .run(
+            &headers,
+            Op::QueueAck {
+                queue: body.queue,
+                item_id: body.item_id,
+                claim_token: body.claim_token,
+            },
+            None,
+        )
+        .await
+}
+
+#[utoipa::path(post, path = "/v1/queues/nack", summary = "Give a claimed item back (visible again after delay_ms; dead-lettered after max_attempts)", request_body = SettleBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn queue_nack(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SettleBody>,
+) -> Response {
+    let op = Op::QueueNack {
+        queue: body.queue,
+        item_id: body.item_id,
+        claim_token: body.claim_token,
+        delay_ms: body.delay_ms,
+    };
+    state.run(&headers, op, None).await
+}
+
+#[utoipa::path(get, path = "/v1/queue-status/{queue}", summary = "Depth, in-flight, delayed, dead letters and the oldest item's age", params(("queue" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueStatus>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn queue_status(
+    State(state): State<AppState>,
+    queue: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    reply_json(key_path(queue).and_then(|queue| state.read(|m| m.queue_status(&queue))))
+}
+
 // ---- events and watch -----------------------------------------------------------
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1289,7 +1398,12 @@ struct ErrorEnvelope {
         bucket_get,
         once,
         once_fulfil,
-        once_abandon
+        once_abandon,
+        queue_enqueue,
+        queue_claim,
+        queue_ack,
+        queue_nack,
+        queue_status
     )
 )]
 pub struct ApiDoc;

@@ -180,3 +180,70 @@ async fn thirty_two_agents_on_a_stale_token_trigger_exactly_one_refresh() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_workers_drain_a_queue_with_every_item_acked_exactly_once() {
+    let server = TestServer::start().await;
+    let producer = server.client("producer");
+    const ITEMS: u64 = 200;
+    for i in 0..ITEMS {
+        let reply = producer
+            .call(
+                "POST",
+                "/v1/queues/enqueue",
+                Some(json!({"queue": "jobs/q", "item": {"n": i}})),
+                Some(&format!("enq-{i}")),
+            )
+            .await;
+        reply.ok();
+    }
+    // A retried enqueue with the same idempotency key adds nothing.
+    producer
+        .call(
+            "POST",
+            "/v1/queues/enqueue",
+            Some(json!({"queue": "jobs/q", "item": {"n": 0}})),
+            Some("enq-0"),
+        )
+        .await
+        .ok();
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let api = server.client(&format!("worker-{worker}"));
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let claimed = api.post("/v1/queues/claim", json!({"queue": "jobs/q", "visibility_ms": 30_000})).await;
+                let item = claimed.ok().clone();
+                if item["empty"] == true {
+                    break;
+                }
+                let ack = json!({"queue": "jobs/q", "item_id": item["item_id"], "claim_token": item["claim_token"]});
+                assert_eq!(api.post("/v1/queues/ack", ack).await.ok()["outcome"], "acked");
+                done.push(item["item"]["n"].as_u64().unwrap());
+            }
+            done
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..ITEMS).collect::<Vec<_>>(),
+        "each item exactly once"
+    );
+    let status = producer.get("/v1/queue-status/jobs/q").await.ok().clone();
+    assert_eq!(
+        (status["ready"].as_u64(), status["in_flight"].as_u64()),
+        (Some(0), Some(0))
+    );
+    server.stop().await;
+}
