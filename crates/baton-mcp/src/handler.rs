@@ -1,0 +1,673 @@
+//! The MCP server handler: one per MCP connection. Tools call the same
+//! `baton_client` functions the CLI uses; this file only maps arguments to
+//! those calls and answers to short summaries.
+
+use std::sync::Arc;
+
+use baton_client::{Client, LockRequest, LockState, PatchRequest, PutOptions, Txn};
+use baton_core::reply::{EndReason, LockStatus};
+use baton_core::{Error, ErrorCode};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, GetPromptRequestParams, GetPromptResponse,
+    GetPromptResult, Implementation, InitializeRequestParams, InitializeResult, ListPromptsResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptMessage,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, Role, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{Value, json};
+
+use crate::McpConfig;
+use crate::guide::{GUIDE, INSTRUCTIONS};
+use crate::reply::{Done, tool_result};
+use crate::session::{Connection, HeldLock, holdings};
+use crate::tools::{self, *};
+
+const HELD_URI: &str = "baton://held";
+const GUIDE_URI: &str = "baton://guide";
+const PROMPT_NAME: &str = "safe_patterns";
+/// Tracked locks `held` checks with the server at most.
+const MAX_LOCKS_CHECKED: usize = 256;
+
+/// Baton's MCP server for one connection.
+pub struct BatonMcp {
+    connection: Arc<Connection>,
+    tools: Vec<Tool>,
+}
+
+impl BatonMcp {
+    pub fn new(config: Arc<McpConfig>) -> BatonMcp {
+        BatonMcp {
+            connection: Connection::new(config),
+            tools: tools::all(),
+        }
+    }
+
+    /// The Baton side of this connection (its session, its locks).
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.connection
+    }
+
+    /// Runs one tool and builds its MCP result; never a protocol error for
+    /// anything the agent can fix.
+    pub async fn call(&self, name: &str, arguments: Value) -> rmcp::model::CallToolResult {
+        let outcome = self.dispatch(name, arguments).await;
+        if let Err(error) = &outcome {
+            self.connection.check_session_after(error).await;
+        }
+        tool_result(name, outcome, self.connection.take_notices())
+    }
+
+    async fn dispatch(&self, name: &str, args: Value) -> Result<Done, Error> {
+        let limits = &self.connection.config().limits;
+        match name {
+            "session_info" => {
+                parse::<NoArgs>(args, limits)?;
+                self.session_info().await
+            }
+            "lock_acquire" => self.lock_acquire(parse(args, limits)?).await,
+            "lock_release" => self.lock_release(parse(args, limits)?).await,
+            "lock_renew" => self.lock_renew(parse(args, limits)?).await,
+            "lock_status" => self.lock_status(parse(args, limits)?).await,
+            "locks_list" => self.locks_list(parse(args, limits)?).await,
+            "fence_check" => self.fence_check(parse(args, limits)?).await,
+            "state_get" => self.state_get(parse(args, limits)?).await,
+            "state_put" => self.state_put(parse(args, limits)?).await,
+            "state_patch" => self.state_patch(parse(args, limits)?).await,
+            "state_delete" => self.state_delete(parse(args, limits)?).await,
+            "state_list" => self.state_list(parse(args, limits)?).await,
+            "state_history" => self.state_history(parse(args, limits)?).await,
+            "state_txn" => self.state_txn(parse(args, limits)?).await,
+            "counter_add" => self.counter_add(parse(args, limits)?).await,
+            "events_recent" => self.events_recent(parse(args, limits)?).await,
+            "held" => {
+                parse::<NoArgs>(args, limits)?;
+                self.held().await
+            }
+            other => Err(Error::invalid(
+                "name",
+                format!("there is no tool {other:?}; tools/list names them"),
+            )),
+        }
+    }
+
+    async fn client(&self) -> Result<Client, Error> {
+        self.connection.client().await
+    }
+
+    /// The session client with a mutation's fence and idempotency key.
+    async fn writer(
+        &self,
+        fence: &Option<FenceArg>,
+        idempotency_key: &Option<String>,
+    ) -> Result<Client, Error> {
+        let mut client = self.client().await?;
+        if let Some(fence) = fence {
+            client = client.with_fence(fence.key.clone(), fence.token);
+        }
+        if let Some(key) = idempotency_key {
+            client = client.with_idempotency_key(key.clone());
+        }
+        Ok(client)
+    }
+
+    // ---- sessions and what this agent holds ----
+
+    async fn session_info(&self) -> Result<Done, Error> {
+        self.client().await?;
+        let session = self.connection.session_info().await;
+        let summary = match &session {
+            Some(s) => format!(
+                "You are agent {:?}, Baton session {} (kept alive while this MCP connection lives; TTL {} ms), holding {} lock(s).",
+                s.agent,
+                s.session_id,
+                s.ttl_ms,
+                self.connection.held().len()
+            ),
+            None => "No Baton session is open.".to_string(),
+        };
+        Done::new(holdings(&self.connection, session.as_ref()), summary)
+    }
+
+    async fn held(&self) -> Result<Done, Error> {
+        self.client().await?;
+        self.connection.verify_locks(MAX_LOCKS_CHECKED).await;
+        let session = self.connection.session_info().await;
+        let locks = self.connection.held();
+        let summary = if locks.is_empty() {
+            "You hold no locks.".to_string()
+        } else {
+            let list: Vec<String> = locks.iter().map(describe_lock).collect();
+            format!("You hold {} lock(s): {}.", locks.len(), list.join("; "))
+        };
+        Done::new(holdings(&self.connection, session.as_ref()), summary)
+    }
+
+    // ---- locks and fencing ----
+
+    async fn lock_acquire(&self, args: LockAcquireArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let mut request = match args.mode {
+            ModeArg::Exclusive => LockRequest::exclusive(args.keys),
+            ModeArg::Shared => LockRequest::shared(args.keys),
+        }
+        .wait_ms(args.wait_ms)
+        .lock_delay_ms(args.lock_delay_ms);
+        if let Some(ttl_ms) = args.ttl_ms {
+            request = request.ttl_ms(ttl_ms);
+        }
+        let info = client.lock_acquire(&request).await?;
+        let summary = if info.status == LockStatus::Held {
+            let lock = HeldLock::from_info(&info, args.ttl_ms.is_some());
+            let fence = match (info.fence_token, info.keys.first()) {
+                (Some(token), Some(key)) => format!(
+                    " Pass \"fence\": {{\"key\": {key:?}, \"token\": {token}}} with every write under it."
+                ),
+                _ => String::new(),
+            };
+            let renew = if lock.own_ttl {
+                " It has its own TTL: lock_renew it before it expires."
+            } else {
+                " It lasts as long as this connection."
+            };
+            let text = format!(
+                "Holding {}.{fence}{renew} Call lock_release {{\"lock_id\": {}}} when done.",
+                describe_lock(&lock),
+                info.lock_id
+            );
+            self.connection.track_lock(lock);
+            text
+        } else {
+            format!(
+                "Lock {} is queued, not held yet; do not write to {:?}.",
+                info.lock_id, info.keys
+            )
+        };
+        Done::new(info, summary)
+    }
+
+    async fn lock_release(&self, args: LockIdArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let result = client.lock_release(args.lock_id).await?;
+        let ended_before = !result.released
+            && !matches!(result.outcome, EndReason::Released | EndReason::Cancelled);
+        if ended_before {
+            // It ended before we let it go: that is a lost lease to report.
+            self.connection
+                .lock_lost(args.lock_id, result.outcome.as_str(), result.ended_at);
+        }
+        self.connection.untrack_lock(args.lock_id);
+        let summary = if result.released {
+            format!("Released lock {}.", args.lock_id)
+        } else {
+            format!(
+                "Lock {} had already ended ({}); nothing to release.",
+                args.lock_id,
+                result.outcome.as_str()
+            )
+        };
+        Done::new(result, summary)
+    }
+
+    async fn lock_renew(&self, args: LockRenewArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        match client.lock_renew(args.lock_id, args.ttl_ms).await {
+            Ok(info) => {
+                let own_ttl = self
+                    .connection
+                    .held()
+                    .iter()
+                    .find(|l| l.lock_id == info.lock_id)
+                    .is_none_or(|l| l.own_ttl);
+                let lock = HeldLock::from_info(&info, own_ttl);
+                let summary = format!("Renewed {}.", describe_lock(&lock));
+                self.connection.track_lock(lock);
+                Done::new(info, summary)
+            }
+            Err(error) => {
+                if error.code == ErrorCode::Fenced {
+                    let status = ended_status(&error);
+                    self.connection.lock_lost(args.lock_id, &status, None);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn lock_status(&self, args: LockStatusArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let my_session = client.session();
+        if let Some(key) = args.key {
+            let info = client.key_locks(&key).await?;
+            let mine: Vec<_> = info
+                .holders
+                .iter()
+                .filter(|h| h.session.is_some() && h.session == my_session)
+                .cloned()
+                .collect();
+            let held = !mine.is_empty();
+            let summary = if let Some(lock) = mine.first() {
+                format!(
+                    "Yes: you hold {key:?} (lock {}, fence_token {}).",
+                    lock.lock_id,
+                    lock.fence_token
+                        .map_or("none".to_string(), |t| t.to_string())
+                )
+            } else if info.holders.is_empty() {
+                format!("No: you do not hold {key:?}; nobody holds it now.")
+            } else {
+                let agents: Vec<&str> = info.holders.iter().map(|h| h.agent.as_str()).collect();
+                format!("No: you do not hold {key:?}; it is held by {agents:?}.")
+            };
+            let result = json!({
+                "key": key,
+                "held": held,
+                "my_locks": mine,
+                "holders": info.holders.len(),
+                "waiters": info.waiters.len(),
+                "last_fence_token": info.last_fence_token,
+            });
+            return Done::new(result, summary);
+        }
+        let lock_id = args.lock_id.unwrap_or_default();
+        let state = match client.lock_state(lock_id).await {
+            Ok(state) => state,
+            Err(error) => {
+                if error.code == ErrorCode::NotFound {
+                    self.connection
+                        .lock_lost(lock_id, "unknown to the server", None);
+                }
+                return Err(error);
+            }
+        };
+        let (result, summary) = match state {
+            LockState::Live(info) => {
+                let held = info.status == LockStatus::Held;
+                let mine = info.session.is_some() && info.session == my_session;
+                let summary = if held {
+                    format!(
+                        "Yes: lock {lock_id} is held (fence_token {}), {}.",
+                        info.fence_token
+                            .map_or("none".to_string(), |t| t.to_string()),
+                        if mine {
+                            "by you"
+                        } else {
+                            "but not by this session"
+                        }
+                    )
+                } else {
+                    format!("No: lock {lock_id} is still waiting in the queue.")
+                };
+                (
+                    json!({"lock_id": lock_id, "held": held, "mine": mine, "lock": info}),
+                    summary,
+                )
+            }
+            LockState::Ended {
+                status, ended_at, ..
+            } => {
+                if !matches!(status, EndReason::Released | EndReason::Cancelled) {
+                    self.connection
+                        .lock_lost(lock_id, status.as_str(), Some(ended_at));
+                } else {
+                    self.connection.untrack_lock(lock_id);
+                }
+                (
+                    json!({"lock_id": lock_id, "held": false, "status": status, "ended_at": ended_at}),
+                    format!(
+                        "No: lock {lock_id} ended ({}). Do not write under it; acquire again if you need it.",
+                        status.as_str()
+                    ),
+                )
+            }
+        };
+        Done::new(result, summary)
+    }
+
+    async fn locks_list(&self, args: LocksListArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let keys = client.lock_list(&args.prefix, args.limit).await?;
+        let summary = format!(
+            "{} key(s) under {:?} are locked or awaited.",
+            keys.len(),
+            args.prefix
+        );
+        Done::new(json!({ "keys": keys }), summary)
+    }
+
+    async fn fence_check(&self, args: FenceCheckArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let check = client.fence_check(&args.key, args.token).await?;
+        let summary = if check.valid {
+            format!("Fence token {} is current for {:?}.", args.token, args.key)
+        } else {
+            format!(
+                "Fence token {} is NOT current for {:?} (current: {:?}): writes with it are refused.",
+                args.token, args.key, check.current_tokens
+            )
+        };
+        Done::new(check, summary)
+    }
+
+    // ---- versioned state ----
+
+    async fn state_get(&self, args: KeyArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let got = client.kv_get(&args.key).await?;
+        let summary = format!(
+            "{:?} is at version {}. To change it, write with if_version {}.",
+            args.key, got.entry.version, got.entry.version
+        );
+        Done::new(got, summary)
+    }
+
+    async fn state_put(&self, args: StatePutArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let options = PutOptions {
+            if_version: args.if_version,
+            if_absent: args.if_absent,
+            ttl_ms: args.ttl_ms,
+        };
+        let written = client.kv_put(&args.key, &args.value, options).await?;
+        let summary = written_summary(&args.key, written.version, written.previous_version);
+        Done::new(written, summary)
+    }
+
+    async fn state_patch(&self, args: StatePatchArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let patch = match (args.merge, args.json_patch) {
+            (Some(merge), _) => PatchRequest::Merge(merge),
+            (None, Some(ops)) => PatchRequest::JsonPatch(Value::Array(ops)),
+            (None, None) => return Err(Error::invalid("merge", "give merge or json_patch")),
+        };
+        let written = client.kv_patch(&args.key, &patch, args.if_version).await?;
+        let summary = written_summary(&args.key, written.version, written.previous_version);
+        Done::new(written, summary)
+    }
+
+    async fn state_delete(&self, args: StateDeleteArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let deleted = client.kv_delete(&args.key, args.if_version).await?;
+        let summary = if deleted.deleted {
+            format!("Deleted {:?}.", args.key)
+        } else {
+            format!("{:?} did not exist; nothing deleted.", args.key)
+        };
+        Done::new(deleted, summary)
+    }
+
+    async fn state_list(&self, args: StateListArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let list = client
+            .kv_list(&args.prefix, args.after.as_deref(), args.limit)
+            .await?;
+        let more = match &list.next_after {
+            Some(after) => format!(" More: call again with after {after:?}."),
+            None => String::new(),
+        };
+        let summary = format!(
+            "{} key(s) under {:?}.{more}",
+            list.entries.len(),
+            args.prefix
+        );
+        Done::new(list, summary)
+    }
+
+    async fn state_history(&self, args: StateHistoryArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let history = client.kv_history(&args.key, args.limit).await?;
+        let summary = format!(
+            "{} recent version(s) of {:?}, newest first.",
+            history.versions.len(),
+            args.key
+        );
+        Done::new(history, summary)
+    }
+
+    async fn state_txn(&self, args: StateTxnArgs) -> Result<Done, Error> {
+        let body = json!({
+            "compares": args.compares,
+            "success": args.success,
+            "failure": args.failure,
+        });
+        let txn: Txn = serde_path_to_error::deserialize(body).map_err(|error| {
+            let path = error.path().to_string();
+            Error::invalid(&path, error.into_inner())
+        })?;
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let result = client.txn(&txn).await?;
+        let summary = if result.succeeded {
+            format!(
+                "Every compare held: the success ops ran ({} result(s)).",
+                result.results.len()
+            )
+        } else {
+            format!(
+                "A compare failed: the failure ops ran instead ({} result(s)).",
+                result.results.len()
+            )
+        };
+        Done::new(result, summary)
+    }
+
+    async fn counter_add(&self, args: CounterAddArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let counter = client
+            .counter_add(&args.key, args.delta, args.min, args.max)
+            .await?;
+        let summary = format!("{:?} is now {}.", args.key, counter.value);
+        Done::new(counter, summary)
+    }
+
+    // ---- events ----
+
+    async fn events_recent(&self, args: EventsArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let page = client
+            .events(&args.prefix, args.from_revision, args.limit)
+            .await?;
+        let summary = format!(
+            "{} event(s) under {:?}; continue with from_revision {}.",
+            page.events.len(),
+            args.prefix,
+            page.next_revision
+        );
+        Done::new(page, summary)
+    }
+
+    // ---- resources ----
+
+    async fn read_held(&self) -> Result<String, Error> {
+        self.client().await?;
+        self.connection.verify_locks(MAX_LOCKS_CHECKED).await;
+        let session = self.connection.session_info().await;
+        let mut value = holdings(&self.connection, session.as_ref());
+        let notices = self.connection.take_notices();
+        if !notices.is_empty() {
+            value["lease_lost"] = serde_json::to_value(notices).unwrap_or(Value::Null);
+        }
+        Ok(serde_json::to_string_pretty(&value).unwrap_or_default())
+    }
+}
+
+fn describe_lock(lock: &HeldLock) -> String {
+    let mode = match lock.mode {
+        baton_core::LockMode::Exclusive => "exclusive",
+        baton_core::LockMode::Shared => "shared",
+    };
+    let fence = lock
+        .fence_token
+        .map_or_else(String::new, |t| format!(", fence_token {t}"));
+    format!("lock {} on {:?} ({mode}{fence})", lock.lock_id, lock.keys)
+}
+
+fn written_summary(key: &str, version: u64, previous: Option<u64>) -> String {
+    match previous {
+        Some(previous) => format!("Wrote {key:?}: version {previous} -> {version}."),
+        None => format!("Created {key:?} at version {version}."),
+    }
+}
+
+/// The end reason in a FENCED error's details, e.g. `expired`.
+fn ended_status(error: &Error) -> String {
+    error
+        .details
+        .as_ref()
+        .and_then(|d| d.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or("ended")
+        .to_string()
+}
+
+impl ServerHandler for BatonMcp {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("baton", env!("CARGO_PKG_VERSION"))
+                .with_title("Baton: locks, fencing and versioned state for agents"),
+        )
+        .with_protocol_version(ProtocolVersion::V_2025_11_25)
+        .with_instructions(INSTRUCTIONS)
+    }
+
+    /// Only the revisions with an `initialize` handshake: a Baton session
+    /// lives as long as an MCP connection, which the stateless 2026-07-28
+    /// revision no longer has.
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, McpError> {
+        // Over HTTP, a `Baton-Agent` header on initialize names the agent.
+        let header_agent = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get("baton-agent"))
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        self.connection
+            .set_agent(header_agent.as_deref(), &request.client_info.name);
+        tracing::info!(
+            agent = self.connection.agent(),
+            client = %request.client_info.name,
+            "MCP client connected"
+        );
+        context.peer.set_peer_info(request.clone());
+        self.negotiate_initialize(&request)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(self.tools.clone()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.iter().find(|t| t.name == name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        if self.get_tool(&request.name).is_none() {
+            return Err(McpError::invalid_params(
+                format!("there is no tool {:?}; tools/list names them", request.name),
+                None,
+            ));
+        }
+        let arguments = Value::Object(request.arguments.unwrap_or_default());
+        Ok(self.call(&request.name, arguments).await.into())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(HELD_URI, "held")
+                .with_title("What this agent holds")
+                .with_description(
+                    "The locks this agent's session holds now (checked with the server), with keys and fence tokens; read it after your context was compacted.",
+                )
+                .with_mime_type("application/json"),
+            Resource::new(GUIDE_URI, "guide")
+                .with_title("Safe coordination patterns")
+                .with_description(
+                    "How to coordinate through Baton: lock -> read -> write with fence -> release; read -> write with if_version -> retry on conflict; what each error means.",
+                )
+                .with_mime_type("text/markdown"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let contents = match request.uri.as_str() {
+            HELD_URI => {
+                let text = self.read_held().await.map_err(|e| {
+                    McpError::internal_error(
+                        crate::reply::error_text("held", &e),
+                        serde_json::to_value(&e).ok(),
+                    )
+                })?;
+                ResourceContents::text(text, HELD_URI).with_mime_type("application/json")
+            }
+            GUIDE_URI => ResourceContents::text(GUIDE, GUIDE_URI).with_mime_type("text/markdown"),
+            other => {
+                return Err(McpError::resource_not_found(
+                    format!("no resource {other:?}; Baton offers {HELD_URI} and {GUIDE_URI}"),
+                    None,
+                ));
+            }
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(vec![Prompt::new(
+            PROMPT_NAME,
+            Some("How to coordinate safely with other agents through Baton's tools"),
+            None,
+        )]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != PROMPT_NAME {
+            return Err(McpError::invalid_params(
+                format!("no prompt {:?}; Baton offers {PROMPT_NAME:?}", request.name),
+                None,
+            ));
+        }
+        Ok(
+            GetPromptResult::new(vec![PromptMessage::new_text(Role::User, GUIDE)])
+                .with_description("Safe coordination patterns with Baton")
+                .into(),
+        )
+    }
+}
