@@ -35,6 +35,8 @@ enum Command {
     Client(client_cmds::ClientCommand),
     /// Run the Baton server (HTTP/JSON API, SSE watch, metrics)
     Serve(serve::ServeArgs),
+    /// Serve Baton's tools to an MCP client (agent) over stdio
+    Mcp(baton_mcp::cli::McpArgs),
 }
 
 fn main() {
@@ -45,6 +47,7 @@ fn main() {
         Command::File(args) => file::run(args, mode),
         Command::Client(command) => client_cmds::run(command, mode),
         Command::Serve(args) => serve::run(args, mode),
+        Command::Mcp(args) => baton_mcp::cli::run(args),
     };
     std::process::exit(code);
 }

@@ -50,6 +50,9 @@ pub struct ServeConfig {
     pub max_watchers: usize,
     /// Bounds of the state machine.
     pub limits: Limits,
+    /// Hosts `/mcp` accepts in the `Host` header, the MCP SDK's guard
+    /// against DNS rebinding: loopback by default; `["*"]` accepts any.
+    pub mcp_allowed_hosts: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -67,6 +70,7 @@ impl Default for ServeConfig {
             watcher_lag: 4096,
             max_watchers: 10_000,
             limits: Limits::default(),
+            mcp_allowed_hosts: baton_mcp::DEFAULT_ALLOWED_HOSTS.map(String::from).to_vec(),
         }
     }
 }
@@ -106,11 +110,17 @@ pub async fn serve_listener(
     let metrics = metrics_names::install();
     let address = listener.local_addr()?;
     let sequencer = Arc::new(sequencer);
+    // `/mcp`: the MCP tools, calling this server through its own HTTP API.
+    let mcp = baton_mcp::http_service(
+        baton_mcp::McpConfig::for_server(address, config.limits.clone()),
+        &config.mcp_allowed_hosts,
+    );
     let app = http::router(http::AppState::new(
         sequencer.clone(),
         config.clone(),
         metrics,
-    ));
+    ))
+    .nest_service("/mcp", mcp.service);
     tracing::info!(%address, data_dir = %config.data_dir.display(), "baton serving");
     eprintln!(
         "baton: serving on http://{address} (data in {})",
@@ -121,6 +131,7 @@ pub async fn serve_listener(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
+            mcp.shutdown.shutdown();
             let _ = stop_tx.send(true);
         })
         .await?;
