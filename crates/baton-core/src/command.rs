@@ -224,6 +224,18 @@ pub enum Op {
         reason: Option<String>,
     },
     LockAcquire(LockAcquire),
+    /// Take `permits` of a counting semaphore of `capacity` permits on `key`.
+    /// It is a shared lock with a weight: same queue (FIFO), leases, fencing,
+    /// release/renew by lock id and deadlock detection as every lock.
+    SemaphoreAcquire {
+        key: String,
+        permits: u64,
+        capacity: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+        #[serde(default)]
+        wait_ms: u64,
+    },
     /// Release a held lock or cancel a waiting one. Idempotent.
     LockRelease {
         lock_id: u64,
@@ -359,6 +371,7 @@ impl Op {
             Op::SessionClose { .. } => "session_close",
             Op::SessionKill { .. } => "session_kill",
             Op::LockAcquire(_) => "lock_acquire",
+            Op::SemaphoreAcquire { .. } => "semaphore_acquire",
             Op::LockRelease { .. } => "lock_release",
             Op::LockRenew { .. } => "lock_renew",
             Op::Put { .. } => "put",
@@ -392,6 +405,7 @@ impl Op {
             | Op::CounterAdd { key, .. } => vec![key.clone()],
             Op::QuotaSet { quota, .. } | Op::QuotaReserve { quota, .. } => vec![quota.clone()],
             Op::RateTake { bucket, .. } => vec![bucket.clone()],
+            Op::SemaphoreAcquire { key, .. } => vec![key.clone()],
             Op::QueueEnqueue { queue, .. }
             | Op::QueueClaim { queue, .. }
             | Op::QueueAck { queue, .. }

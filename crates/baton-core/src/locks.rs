@@ -31,6 +31,9 @@ use crate::reply::{
 };
 use crate::validate;
 
+/// Most permits one semaphore may have.
+pub const MAX_SEMAPHORE_CAPACITY: u64 = 1_000_000;
+
 /// Default retry hint when nothing better is known (e.g. a holder with no lease end).
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
 
@@ -97,7 +100,133 @@ impl StateMachine {
             lock_delay_ms: request.lock_delay_ms,
             phase: LockPhase::Waiting { deadline: u64::MAX },
             expires_at: None,
+            permits: None,
         };
+        if let Some(key) = lock
+            .keys
+            .iter()
+            .find(|k| self.lock_keys.get(*k).is_some_and(|s| s.capacity.is_some()))
+        {
+            return Err(Error::invalid(
+                "keys",
+                format!(
+                    "{key:?} is in use as a semaphore; take its permits with a semaphore request, or use another key"
+                ),
+            ));
+        }
+        self.acquire_lock(seq, command, lock, request.wait_ms, None, fx)
+    }
+
+    /// A counting semaphore: a shared lock of weight `permits` on a key of `capacity`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn semaphore_acquire(
+        &mut self,
+        seq: u64,
+        command: &Command,
+        key: &str,
+        permits: u64,
+        capacity: u64,
+        ttl_ms: Option<u64>,
+        wait_ms: u64,
+        fx: &mut Effects,
+    ) -> Reply {
+        validate::key("key", key, &self.limits)?;
+        if capacity == 0 || capacity > MAX_SEMAPHORE_CAPACITY {
+            return Err(Error::invalid(
+                "capacity",
+                format!("must be 1 to {MAX_SEMAPHORE_CAPACITY}"),
+            ));
+        }
+        if permits == 0 || permits > capacity {
+            return Err(Error::invalid(
+                "permits",
+                format!("take 1 to {capacity} permits (the capacity)"),
+            ));
+        }
+        match (ttl_ms, command.session) {
+            (Some(ttl), _) => validate::ttl("ttl_ms", ttl, &self.limits)?,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "ttl_ms",
+                    "a semaphore permit needs a lease: give ttl_ms, or take it with a session",
+                ));
+            }
+            (None, Some(_)) => {}
+        }
+        if wait_ms > self.limits.max_wait_ms {
+            return Err(Error::invalid(
+                "wait_ms",
+                format!("at most {} ms (max_wait_ms)", self.limits.max_wait_ms),
+            ));
+        }
+        if let Some(state) = self.lock_keys.get(key) {
+            match state.capacity {
+                Some(existing) if existing != capacity => {
+                    return Err(Error::invalid(
+                        "capacity",
+                        format!(
+                            "{key:?} is a semaphore of {existing} permits while in use; ask with capacity {existing}"
+                        ),
+                    ));
+                }
+                None if !state.holders.is_empty() || !state.waiters.is_empty() => {
+                    return Err(Error::invalid(
+                        "key",
+                        format!("{key:?} is in use as a plain lock, not a semaphore"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let lock = Lock {
+            agent: command.agent.clone(),
+            session: command.session,
+            keys: vec![key.to_string()],
+            mode: crate::command::LockMode::Shared,
+            ttl_ms,
+            lock_delay_ms: 0,
+            phase: LockPhase::Waiting { deadline: u64::MAX },
+            expires_at: None,
+            permits: Some(permits),
+        };
+        self.acquire_lock(seq, command, lock, wait_ms, Some(capacity), fx)
+    }
+
+    /// Grant `lock` now, queue it, or refuse it: the one path every lock
+    /// and semaphore request takes.
+    fn acquire_lock(
+        &mut self,
+        seq: u64,
+        command: &Command,
+        lock: Lock,
+        wait_ms: u64,
+        capacity: Option<u64>,
+        fx: &mut Effects,
+    ) -> Reply {
+        if let Some(capacity) = capacity {
+            // Set for the decision below; an idle entry is dropped again on refusal.
+            self.lock_keys
+                .entry(lock.keys[0].clone())
+                .or_default()
+                .capacity = Some(capacity);
+        }
+        let reply = self.decide_lock(seq, command, lock, wait_ms, fx);
+        if reply.is_err()
+            && let Some(key) = command.op.keys().first()
+        {
+            self.forget_idle_key(key);
+        }
+        reply
+    }
+
+    fn decide_lock(
+        &mut self,
+        seq: u64,
+        command: &Command,
+        lock: Lock,
+        wait_ms: u64,
+        fx: &mut Effects,
+    ) -> Reply {
         let party = lock.party();
         if let Some(error) = self.reentry_error(&party, &lock) {
             return Err(error);
@@ -117,7 +246,7 @@ impl StateMachine {
             self.insert_lock(seq, lock, &party);
             return Ok(Response::Lock(self.grant(seq, seq, fx)));
         }
-        if request.wait_ms == 0 {
+        if wait_ms == 0 {
             return Err(self.busy_error(&lock, &blockers, false));
         }
         for key in &lock.keys {
@@ -164,7 +293,7 @@ impl StateMachine {
             .with_details(json!({ "cycle": cycle })));
         }
 
-        let deadline = self.now.saturating_add(request.wait_ms);
+        let deadline = self.now.saturating_add(wait_ms);
         let mut lock = lock;
         lock.phase = LockPhase::Waiting { deadline };
         for key in &lock.keys {
@@ -241,6 +370,26 @@ impl StateMachine {
             let Some(state) = self.lock_keys.get(key) else {
                 continue;
             };
+            if let (Some(permits), Some(capacity)) = (lock.permits, state.capacity) {
+                // A semaphore: blocked by every holder if the permits do not
+                // fit, and by everyone queued ahead (strict FIFO).
+                let held: u64 = state
+                    .holders
+                    .iter()
+                    .filter_map(|id| self.locks[id].permits)
+                    .sum();
+                if held + permits > capacity {
+                    found.extend(state.holders.iter().map(|id| (key.clone(), *id)));
+                }
+                found.extend(
+                    state
+                        .waiters
+                        .iter()
+                        .take_while(|id| Some(**id) != queued_as)
+                        .map(|id| (key.clone(), *id)),
+                );
+                continue;
+            }
             for id in &state.holders {
                 if !self.locks[id].mode.compatible(lock.mode) {
                     found.push((key.clone(), *id));
@@ -723,6 +872,15 @@ impl StateMachine {
                     .iter()
                     .filter_map(|id| self.locks[id].fence_token())
                     .max()
+            }),
+            capacity: state.and_then(|s| s.capacity),
+            permits_held: state.and_then(|s| {
+                s.capacity.map(|_| {
+                    s.holders
+                        .iter()
+                        .filter_map(|id| self.locks[id].permits)
+                        .sum()
+                })
             }),
         }
     }

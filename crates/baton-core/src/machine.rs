@@ -73,6 +73,9 @@ pub(crate) struct Lock {
     pub phase: LockPhase,
     /// The lock's own lease end while held (None: lives with its session).
     pub expires_at: Option<u64>,
+    /// For a semaphore: the permits it takes (its mode is shared).
+    #[serde(default)]
+    pub permits: Option<u64>,
 }
 
 impl Lock {
@@ -101,6 +104,9 @@ pub(crate) struct KeyLocks {
     pub holders: Vec<u64>,
     pub waiters: VecDeque<u64>,
     pub delayed_until: Option<u64>,
+    /// Set while the key is used as a counting semaphore of this many permits.
+    #[serde(default)]
+    pub capacity: Option<u64>,
 }
 
 impl KeyLocks {
@@ -386,6 +392,15 @@ impl StateMachine {
                 self.session_kill(seq, command, *session_id, reason.as_deref(), fx)
             }
             Op::LockAcquire(request) => self.lock_acquire(seq, command, request, fx),
+            Op::SemaphoreAcquire {
+                key,
+                permits,
+                capacity,
+                ttl_ms,
+                wait_ms,
+            } => self.semaphore_acquire(
+                seq, command, key, *permits, *capacity, *ttl_ms, *wait_ms, fx,
+            ),
             Op::LockRelease { lock_id } => self.lock_release(seq, command, *lock_id, fx),
             Op::LockRenew { lock_id, ttl_ms } => {
                 self.lock_renew(seq, command, *lock_id, *ttl_ms, fx)
@@ -846,6 +861,7 @@ impl StateMachine {
                 None
             },
             wait_deadline,
+            permits: lock.permits,
         }
     }
 
@@ -998,6 +1014,13 @@ impl StateMachine {
                 holders.iter().all(|l| l.is_held()),
                 "key {key} lists a non-held holder"
             );
+            if let Some(capacity) = state.capacity {
+                let held: u64 = holders.iter().filter_map(|l| l.permits).sum();
+                assert!(
+                    held <= capacity,
+                    "semaphore {key} holds {held} of {capacity} permits"
+                );
+            }
             assert!(
                 state.waiters.iter().all(|id| !self.locks[id].is_held()),
                 "key {key} lists a held waiter"

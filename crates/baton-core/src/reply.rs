@@ -74,6 +74,9 @@ pub struct LockInfo {
     /// For a waiting lock: when the wait gives up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_deadline: Option<u64>,
+    /// For a semaphore: the permits this lock takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u64>,
 }
 
 /// Why a lock or session is no longer live.
@@ -235,6 +238,11 @@ pub struct KeyLocksInfo {
     /// The highest fencing token ever granted on this key, if remembered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fence_token: Option<u64>,
+    /// For a semaphore: its permits in all, and those held now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permits_held: Option<u64>,
 }
 
 /// The state of a lock id, live or ended.

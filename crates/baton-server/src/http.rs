@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/queues/ack", post(queue_ack))
         .route("/v1/queues/nack", post(queue_nack))
         .route("/v1/queue-status/{*queue}", get(queue_status))
+        .route("/v1/semaphores", post(semaphore_acquire))
         .route("/v1/once", post(once))
         .route("/v1/once/fulfil", post(once_fulfil))
         .route("/v1/once/abandon", post(once_abandon))
@@ -1179,6 +1180,43 @@ async fn queue_status(
     reply_json(key_path(queue).and_then(|queue| state.read(|m| m.queue_status(&queue))))
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SemaphoreBody {
+    key: String,
+    permits: u64,
+    capacity: u64,
+    #[serde(default)]
+    ttl_ms: Option<u64>,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+#[utoipa::path(post, path = "/v1/semaphores", summary = "Take permits of a counting semaphore (a weighted shared lock: release and renew it as a lock)", request_body = SemaphoreBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::LockInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+async fn semaphore_acquire(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SemaphoreBody>,
+) -> Response {
+    if body.wait_ms > state.config.max_wait_ms {
+        return reply_json::<Value>(Err(Error::invalid(
+            "wait_ms",
+            format!(
+                "at most {} ms on this server (--max-wait)",
+                state.config.max_wait_ms
+            ),
+        )));
+    }
+    let op = Op::SemaphoreAcquire {
+        key: body.key,
+        permits: body.permits,
+        capacity: body.capacity,
+        ttl_ms: body.ttl_ms,
+        wait_ms: body.wait_ms,
+    };
+    state.run_waiting(&headers, op, None).await
+}
+
 // ---- events and watch -----------------------------------------------------------
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -1403,7 +1441,8 @@ struct ErrorEnvelope {
         queue_claim,
         queue_ack,
         queue_nack,
-        queue_status
+        queue_status,
+        semaphore_acquire
     )
 )]
 pub struct ApiDoc;

@@ -247,3 +247,40 @@ async fn sixteen_workers_drain_a_queue_with_every_item_acked_exactly_once() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_semaphore_never_admits_more_than_its_capacity() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = TestServer::start().await;
+    let inside = std::sync::Arc::new(AtomicUsize::new(0));
+    let most = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for agent in 0..16 {
+        let api = server.client(&format!("gpu-user-{agent}"));
+        let (inside, most) = (inside.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..4 {
+                let body = json!({"key": "gpu/pool", "permits": 1, "capacity": 3, "ttl_ms": 30_000, "wait_ms": 60_000});
+                let lock = api.post("/v1/semaphores", body).await.ok().clone();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                api.delete(&format!("/v1/locks/{}", lock["lock_id"])).await.ok();
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} holders at once with 3 permits");
+    assert!(
+        most >= 2,
+        "16 clients should have shared the 3 permits, saw at most {most}"
+    );
+    server.stop().await;
+}
