@@ -151,6 +151,41 @@ async def test_killed_stdio_server_releases_its_lock_within_the_session_ttl(bato
     assert waited <= ttl_s + 3.0, f"the lock came back {waited:.1f} s after the kill"
 
 
+async def test_killed_http_client_releases_its_lock_soon(baton):
+    """An HTTP agent is killed while holding a lock (no DELETE, no goodbye):
+    its event stream ends, and after a short grace its session is closed, so
+    another agent's waiting lock_acquire gets the lock well before the MCP
+    idle timeout (5 min)."""
+    import subprocess
+    import sys
+
+    n = f"h{uuid.uuid4().hex[:8]}"
+    holder = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "http_holder.py"), baton.mcp_url, f"{n}/job"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with anyio.fail_after(60):
+            token = int(await anyio.to_thread.run_sync(holder.stdout.readline))
+            async with connect(baton, "http") as survivor:
+                # An idle client with its event stream open is alive: it keeps
+                # the lock past the grace period.
+                await anyio.sleep(12)
+                busy, _ = await call(survivor, "lock_acquire", keys=[f"{n}/job"])
+                assert busy["error"]["code"] == "CONCURRENT_MODIFICATION"
+                holder.kill()
+                killed_at = time.monotonic()
+                got = await ok(survivor, "lock_acquire", keys=[f"{n}/job"], wait_ms=45000)
+                waited = time.monotonic() - killed_at
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert got["fence_token"] > token
+    # Noticed at a failed SSE ping (every 5 s), then 10 s of grace for a reconnect.
+    assert waited <= 5 + 10 + 1 + 5, f"the lock came back {waited:.1f} s after the kill"
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_closed_connection_releases_its_locks_at_once(baton, transport):
     """A connection that ends normally closes its session: its locks are free

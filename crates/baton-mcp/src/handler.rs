@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::McpConfig;
 use crate::guide::{GUIDE, INSTRUCTIONS};
+use crate::http_streams::Streams;
 use crate::reply::{Done, tool_result};
 use crate::session::{Connection, HeldLock, holdings};
 use crate::tools::{self, *};
@@ -39,7 +40,15 @@ pub struct BatonMcp {
 impl BatonMcp {
     pub fn new(config: Arc<McpConfig>) -> BatonMcp {
         BatonMcp {
-            connection: Connection::new(config),
+            connection: Connection::new(config, None),
+            tools: tools::all(),
+        }
+    }
+
+    /// For one MCP-over-HTTP session: gone when its event streams are.
+    pub(crate) fn new_http(config: Arc<McpConfig>, streams: Arc<Streams>) -> BatonMcp {
+        BatonMcp {
+            connection: Connection::new(config, Some(streams)),
             tools: tools::all(),
         }
     }
@@ -582,8 +591,16 @@ impl ServerHandler for BatonMcp {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        if let Some(session) = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|value| value.to_str().ok())
+        {
+            self.connection.set_mcp_session(session);
+        }
         if self.get_tool(&request.name).is_none() {
             return Err(McpError::invalid_params(
                 format!("there is no tool {:?}; tools/list names them", request.name),

@@ -10,6 +10,7 @@
 
 mod guide;
 mod handler;
+mod http_streams;
 mod reply;
 mod session;
 mod tools;
@@ -28,15 +29,20 @@ use tokio_util::sync::CancellationToken;
 
 pub use guide::{GUIDE, INSTRUCTIONS};
 pub use handler::BatonMcp;
+pub use http_streams::{McpHttpService, STREAM_GRACE};
 pub use tools::all as tool_list;
 
 /// Session TTL unless told otherwise: long enough to ride out a slow
 /// keepalive, short enough that a crashed agent's locks come back soon.
 pub const DEFAULT_SESSION_TTL_MS: u64 = 30_000;
 /// An MCP-over-HTTP session with no request for this long is ended (and its
-/// Baton session closed): a client that vanished without saying goodbye
-/// holds its locks at most this long.
+/// Baton session closed). A client that vanished without saying goodbye is
+/// usually noticed sooner, when its event stream ends (`http_streams.rs`);
+/// this bounds the rest.
 pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// SSE ping period on `/mcp` streams: a write to a vanished client fails,
+/// which ends its stream, so this bounds how long a crash goes unnoticed.
+pub const HTTP_SSE_PING: Duration = Duration::from_secs(5);
 /// Hosts `/mcp` accepts in the `Host` header unless configured: loopback
 /// only, the SDK's guard against DNS rebinding.
 pub const DEFAULT_ALLOWED_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -147,7 +153,7 @@ async fn stop_signal() {
 /// The `/mcp` endpoint of `baton serve` and the handle that stops it.
 pub struct McpHttp {
     /// A tower service: mount it with `Router::nest_service("/mcp", ...)`.
-    pub service: StreamableHttpService<BatonMcp, LocalSessionManager>,
+    pub service: McpHttpService,
     pub shutdown: McpShutdown,
 }
 
@@ -171,6 +177,7 @@ pub fn http_service(config: McpConfig, allowed_hosts: &[String]) -> McpHttp {
     let token = CancellationToken::new();
     let mut http_config = StreamableHttpServerConfig::default()
         .with_cancellation_token(token.clone())
+        .with_sse_keep_alive(Some(HTTP_SSE_PING))
         .with_max_request_body_bytes(config.limits.max_value_bytes * 2 + 64 * 1024);
     http_config = if allowed_hosts.iter().any(|h| h == "*") {
         http_config.disable_allowed_hosts()
@@ -181,13 +188,15 @@ pub fn http_service(config: McpConfig, allowed_hosts: &[String]) -> McpHttp {
     };
     let mut sessions = LocalSessionManager::default();
     sessions.session_config.keep_alive = Some(HTTP_IDLE_TIMEOUT);
+    let streams = Arc::new(http_streams::Streams::default());
+    let for_handlers = streams.clone();
     let service = StreamableHttpService::new(
-        move || Ok(BatonMcp::new(config.clone())),
+        move || Ok(BatonMcp::new_http(config.clone(), for_handlers.clone())),
         Arc::new(sessions),
         http_config,
     );
     McpHttp {
-        service,
+        service: McpHttpService::new(service, streams),
         shutdown: McpShutdown(token),
     }
 }

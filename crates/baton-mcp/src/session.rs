@@ -14,12 +14,15 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::McpConfig;
+use crate::http_streams::{STREAM_GRACE, Streams};
 
 /// Locks checked with the server on one keepalive tick at most; a tick must
 /// stay short whatever an agent does.
 const MAX_LOCKS_CHECKED_PER_TICK: usize = 32;
 /// How long closing the session may take when the connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an HTTP connection checks that its client is still there.
+const HTTP_LIVENESS_EVERY: Duration = Duration::from_secs(1);
 
 /// A lock this connection holds, as last seen.
 #[derive(Debug, Clone, Serialize)]
@@ -87,10 +90,13 @@ pub struct Connection {
     /// Set when the connection ended: no new session is opened after it.
     closed: CancellationToken,
     weak: Weak<Connection>,
+    /// Over HTTP: the open event streams, and this connection's MCP session id.
+    streams: Option<Arc<Streams>>,
+    mcp_session: OnceLock<String>,
 }
 
 impl Connection {
-    pub fn new(config: Arc<McpConfig>) -> Arc<Connection> {
+    pub fn new(config: Arc<McpConfig>, streams: Option<Arc<Streams>>) -> Arc<Connection> {
         Arc::new_cyclic(|weak| Connection {
             config,
             agent: OnceLock::new(),
@@ -99,7 +105,44 @@ impl Connection {
             tracked: Mutex::new(Tracked::default()),
             closed: CancellationToken::new(),
             weak: weak.clone(),
+            streams,
+            mcp_session: OnceLock::new(),
         })
+    }
+
+    /// Over HTTP: the MCP session id, learned from the first tool call.
+    pub fn set_mcp_session(&self, session: &str) {
+        if self.streams.is_some() && self.mcp_session.get().is_none() {
+            let _ = self.mcp_session.set(session.to_string());
+        }
+    }
+
+    /// Over HTTP: has the client been without an event stream for longer
+    /// than a reconnect takes? Then it is gone: close its Baton session now
+    /// rather than keep its locks until the idle timeout.
+    async fn client_gone(&self, session_id: u64) -> bool {
+        let (Some(streams), Some(mcp_session)) = (&self.streams, self.mcp_session.get()) else {
+            return false;
+        };
+        let Some(closed_for) = streams.closed_for(mcp_session) else {
+            return false;
+        };
+        if closed_for < STREAM_GRACE {
+            return false;
+        }
+        let gone = Error::new(
+            ErrorCode::Fenced,
+            format!(
+                "the MCP client's event stream was closed for {} s (client crashed or disconnected), so its session was closed",
+                closed_for.as_secs()
+            ),
+        )
+        .with_details(json!({ "status": "client_gone" }));
+        self.session_lost(session_id, &gone).await;
+        if let Ok(base) = self.base_client() {
+            close_session(base, session_id).await;
+        }
+        true
     }
 
     pub fn config(&self) -> &McpConfig {
@@ -165,6 +208,7 @@ impl Connection {
             base.clone(),
             info.session_id,
             keepalive_every(info.ttl_ms),
+            self.streams.is_some(),
             stop.clone(),
         ));
         let id = info.session_id;
@@ -354,6 +398,9 @@ impl Drop for Connection {
     /// the Baton session in the background.
     fn drop(&mut self) {
         self.closed.cancel();
+        if let (Some(streams), Some(session)) = (&self.streams, self.mcp_session.get()) {
+            streams.forget(session);
+        }
         let live = self.session.get_mut().take();
         if let (Some(live), Some(client)) = (live, self.client.get()) {
             live.stop.cancel();
@@ -384,19 +431,39 @@ fn keepalive_every(ttl_ms: u64) -> Duration {
 }
 
 /// Keeps one session alive until `stop`; records its loss if the server says
-/// it ended, and checks the tracked locks on every tick.
+/// it ended, and checks the tracked locks on every keepalive. Over HTTP it
+/// also checks every second that the client is still there.
 async fn keepalive(
     connection: Weak<Connection>,
     client: Client,
     session_id: u64,
     every: Duration,
+    http: bool,
     stop: CancellationToken,
 ) {
+    let tick = if http {
+        every.min(HTTP_LIVENESS_EVERY)
+    } else {
+        every
+    };
+    let mut next_keepalive = tokio::time::Instant::now() + every;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
+        if http {
+            let Some(connection) = connection.upgrade() else {
+                return;
+            };
+            if connection.client_gone(session_id).await {
+                return;
+            }
+        }
+        if tokio::time::Instant::now() < next_keepalive {
+            continue;
+        }
+        next_keepalive = tokio::time::Instant::now() + every;
         let answer = tokio::select! {
             _ = stop.cancelled() => return,
             answer = client.session_keepalive(session_id) => answer,
