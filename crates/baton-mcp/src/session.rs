@@ -221,13 +221,6 @@ impl Connection {
         self.session.lock().await.as_ref().map(|l| l.info.clone())
     }
 
-    pub fn session_id_now(&self) -> Option<u64> {
-        self.session
-            .try_lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(|l| l.info.session_id))
-    }
-
     /// Takes the notices the next tool result must show.
     pub fn take_notices(&self) -> Vec<Notice> {
         std::mem::take(&mut self.tracked().notices)
