@@ -352,12 +352,15 @@ pub enum Op {
         #[serde(default)]
         delay_ms: u64,
     },
-    /// Take tokens from a shared token bucket (created on first use).
+    /// Take tokens from a shared token bucket (created on first use). With
+    /// `wait_ms`, queue (FIFO) until the tokens are there instead of refusing.
     RateTake {
         bucket: String,
         tokens: u64,
         rate_per_sec: u64,
         burst: u64,
+        #[serde(default)]
+        wait_ms: u64,
     },
 }
 

@@ -144,6 +144,9 @@ pub(crate) enum Deadline {
     OnceWait(u64),
     /// A queue item becomes visible again (claim expiry or nack delay).
     QueueItem(String, u64),
+    /// A bucket's head waiter can be served.
+    BucketRefill(String),
+    RateWait(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +225,8 @@ pub struct StateMachine {
     pub(crate) once_waiters: BTreeMap<u64, crate::once::OnceWaiter>,
     #[serde(default)]
     pub(crate) queues: BTreeMap<String, crate::queue::Queue>,
+    #[serde(default)]
+    pub(crate) rate_waiters: BTreeMap<u64, crate::quota::RateWaiter>,
     /// Derived from `locks`: every live lock of each party. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) party_locks: BTreeMap<Party, BTreeSet<u64>>,
@@ -255,6 +260,7 @@ impl StateMachine {
             onces: BTreeMap::new(),
             once_waiters: BTreeMap::new(),
             queues: BTreeMap::new(),
+            rate_waiters: BTreeMap::new(),
             party_locks: BTreeMap::new(),
             locks_held: 0,
         }
@@ -499,7 +505,17 @@ impl StateMachine {
                 tokens,
                 rate_per_sec,
                 burst,
-            } => self.rate_take(seq, command, bucket, *tokens, *rate_per_sec, *burst, fx),
+                wait_ms,
+            } => self.rate_take(
+                seq,
+                command,
+                bucket,
+                *tokens,
+                *rate_per_sec,
+                *burst,
+                *wait_ms,
+                fx,
+            ),
         }
     }
 
@@ -598,6 +614,8 @@ impl StateMachine {
                 Deadline::Reservation(id) => self.expire_reservation(seq, id, fx),
                 Deadline::OnceClaim(key) => self.expire_claim(seq, &key, fx),
                 Deadline::QueueItem(queue, id) => self.queue_item_due(seq, &queue, id, fx),
+                Deadline::BucketRefill(bucket) => self.refill_bucket(seq, &bucket, fx),
+                Deadline::RateWait(id) => self.end_rate_wait(id, true, fx),
                 Deadline::OnceWait(id) => {
                     if let Some(waiter) = self.once_waiters.get_mut(&id) {
                         // Popped already: clear the mirror so nothing unindexes it.

@@ -418,6 +418,14 @@ impl StateMachine {
                 format!("once wait {id} was cancelled by its caller"),
             );
             self.fail_once_waiter(id, error, fx);
+        } else if let Some(waiter) = self.rate_waiters.get(&id) {
+            if waiter.agent != command.agent {
+                return Err(Error::new(
+                    ErrorCode::PermissionDenied,
+                    format!("request {id} belongs to agent {:?}", waiter.agent),
+                ));
+            }
+            self.end_rate_wait(id, false, fx);
         }
         Ok(Response::Empty {})
     }

@@ -13,12 +13,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::command::Command;
 use crate::error::{Error, ErrorCode};
 use crate::event::EventKind;
-use crate::machine::{Deadline, Effects, EndedKind, StateMachine};
+use crate::machine::{Deadline, Effects, EndedKind, StateMachine, Wakeup};
 use crate::reply::{
     AgentUsage, BucketInfo, EndReason, QuotaInfo, RateResult, Reply, ReservationInfo, Response,
     SettleResult,
@@ -53,6 +53,37 @@ pub(crate) struct Bucket {
     pub milli_tokens: u64,
     pub updated_at: u64,
     pub usage: BTreeMap<String, u64>,
+    /// Queued callers (ids of their `rate_take`), served strictly in order.
+    #[serde(default)]
+    pub waiters: VecDeque<u64>,
+    /// Mirror of the bucket's refill deadline: when the head can be served.
+    #[serde(default)]
+    pub refill_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RateWaiter {
+    pub bucket: String,
+    pub agent: String,
+    pub session: Option<u64>,
+    pub tokens: u64,
+    pub deadline: u64,
+}
+
+fn rate_limited(
+    name: &str,
+    available: u64,
+    tokens: u64,
+    rate_per_sec: u64,
+    burst: u64,
+    retry_after_ms: u64,
+) -> Error {
+    Error::new(
+        ErrorCode::RateLimited,
+        format!("bucket {name:?} has {available} of {tokens} tokens (rate {rate_per_sec}/s, burst {burst}); retry after {retry_after_ms} ms"),
+    )
+    .with_retry_after(retry_after_ms)
+    .with_details(json!({ "bucket": name, "available": available, "requested": tokens }))
 }
 
 impl Bucket {
@@ -361,6 +392,7 @@ impl StateMachine {
         tokens: u64,
         rate_per_sec: u64,
         burst: u64,
+        wait_ms: u64,
         fx: &mut Effects,
     ) -> Reply {
         validate::key("bucket", name, &self.limits)?;
@@ -382,8 +414,13 @@ impl StateMachine {
         if !self.buckets.contains_key(name) {
             self.check_capacity_of_tables()?;
         }
+        if wait_ms > self.limits.max_wait_ms {
+            return Err(Error::invalid(
+                "wait_ms",
+                format!("at most {} ms (max_wait_ms)", self.limits.max_wait_ms),
+            ));
+        }
         let now = self.now;
-        let max_agents = self.limits.max_usage_agents_per_bucket;
         let bucket = self
             .buckets
             .entry(name.to_string())
@@ -393,6 +430,8 @@ impl StateMachine {
                 milli_tokens: burst * MILLI,
                 updated_at: now,
                 usage: BTreeMap::new(),
+                waiters: VecDeque::new(),
+                refill_at: None,
             });
         // The latest configuration wins; refill up to now under the old rate first.
         bucket.milli_tokens = bucket.available_at(now);
@@ -401,42 +440,188 @@ impl StateMachine {
         bucket.burst = burst;
         bucket.milli_tokens = bucket.milli_tokens.min(burst * MILLI);
         let need = tokens * MILLI;
-        if bucket.milli_tokens < need {
-            let retry_after_ms = (need - bucket.milli_tokens).div_ceil(rate_per_sec).max(1);
+        // No barging: with callers queued, a new one goes behind them.
+        if bucket.waiters.is_empty() && bucket.milli_tokens >= need {
+            let result = self.grant_tokens(seq, name, &command.agent, command.session, tokens, fx);
+            return Ok(Response::Rate(result));
+        }
+        let ahead: u64 = bucket
+            .waiters
+            .iter()
+            .map(|id| self.rate_waiters[id].tokens)
+            .sum();
+        let retry_after_ms = ((ahead + tokens) * MILLI)
+            .saturating_sub(bucket.milli_tokens)
+            .div_ceil(rate_per_sec)
+            .max(1);
+        if wait_ms == 0 {
+            return Err(rate_limited(
+                name,
+                bucket.milli_tokens / MILLI,
+                tokens,
+                rate_per_sec,
+                burst,
+                retry_after_ms,
+            ));
+        }
+        if bucket.waiters.len() >= self.limits.max_waiters_per_key {
             return Err(Error::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "bucket {name:?} has {} of {tokens} tokens (rate {rate_per_sec}/s, burst {burst}); retry after {retry_after_ms} ms",
-                    bucket.milli_tokens / MILLI
+                    "{} callers already wait on bucket {name:?} (max_waiters_per_key)",
+                    bucket.waiters.len()
                 ),
             )
-            .with_retry_after(retry_after_ms)
-            .with_details(json!({ "bucket": name, "available": bucket.milli_tokens / MILLI, "requested": tokens })));
+            .with_retry_after(retry_after_ms));
         }
-        bucket.milli_tokens -= need;
-        let who = if bucket.usage.contains_key(&command.agent) || bucket.usage.len() < max_agents {
-            command.agent.clone()
+        let deadline = now.saturating_add(wait_ms);
+        bucket.waiters.push_back(seq);
+        self.rate_waiters.insert(
+            seq,
+            RateWaiter {
+                bucket: name.to_string(),
+                agent: command.agent.clone(),
+                session: command.session,
+                tokens,
+                deadline,
+            },
+        );
+        self.set_deadline(None, Some(deadline), Deadline::RateWait(seq));
+        self.schedule_refill(name);
+        fx.pending = Some(seq);
+        Ok(Response::Rate(RateResult {
+            bucket: name.to_string(),
+            taken: 0,
+            remaining: 0,
+            rate_per_sec,
+            burst,
+        }))
+    }
+
+    /// Take `tokens` (known to be there) and account them to `agent`.
+    fn grant_tokens(
+        &mut self,
+        seq: u64,
+        name: &str,
+        agent: &str,
+        session: Option<u64>,
+        tokens: u64,
+        fx: &mut Effects,
+    ) -> RateResult {
+        let max_agents = self.limits.max_usage_agents_per_bucket;
+        let bucket = self
+            .buckets
+            .get_mut(name)
+            .expect("granting from a live bucket");
+        bucket.milli_tokens -= tokens * MILLI;
+        let who = if bucket.usage.contains_key(agent) || bucket.usage.len() < max_agents {
+            agent.to_string()
         } else {
             OTHER_AGENTS.to_string()
         };
         *bucket.usage.entry(who).or_insert(0) += tokens;
-        let remaining = bucket.milli_tokens / MILLI;
+        let result = RateResult {
+            bucket: name.to_string(),
+            taken: tokens,
+            remaining: bucket.milli_tokens / MILLI,
+            rate_per_sec: bucket.rate_per_sec,
+            burst: bucket.burst,
+        };
         let mut event = self.event(
             seq,
-            &command.agent,
-            command.session,
+            agent,
+            session,
             EventKind::RateTaken,
             vec![name.to_string()],
         );
         event.detail = Some(json!({ "tokens": tokens }));
         fx.events.push(event);
-        Ok(Response::Rate(RateResult {
-            bucket: name.to_string(),
-            taken: tokens,
-            remaining,
-            rate_per_sec,
-            burst,
-        }))
+        result
+    }
+
+    /// Keep one refill deadline per bucket: when its head waiter can be served.
+    fn schedule_refill(&mut self, name: &str) {
+        let Some(bucket) = self.buckets.get(name) else {
+            return;
+        };
+        let at = bucket.waiters.front().map(|id| {
+            let need = self.rate_waiters[id].tokens * MILLI;
+            let missing = need.saturating_sub(bucket.available_at(self.now));
+            self.now + missing.div_ceil(bucket.rate_per_sec)
+        });
+        let old = bucket.refill_at;
+        self.buckets.get_mut(name).expect("exists").refill_at = at;
+        self.set_deadline(old, at, Deadline::BucketRefill(name.to_string()));
+    }
+
+    /// Serve queued callers in order while the tokens last.
+    pub(crate) fn refill_bucket(&mut self, seq: u64, name: &str, fx: &mut Effects) {
+        let now = self.now;
+        let Some(bucket) = self.buckets.get_mut(name) else {
+            return;
+        };
+        bucket.refill_at = None; // popped already
+        bucket.milli_tokens = bucket.available_at(now);
+        bucket.updated_at = now;
+        while let Some(&id) = self.buckets[name].waiters.front() {
+            let waiter = &self.rate_waiters[&id];
+            if self.buckets[name].milli_tokens < waiter.tokens * MILLI {
+                break;
+            }
+            let waiter = self.rate_waiters.remove(&id).expect("queued waiter");
+            self.buckets
+                .get_mut(name)
+                .expect("exists")
+                .waiters
+                .pop_front();
+            self.set_deadline(Some(waiter.deadline), None, Deadline::RateWait(id));
+            let result =
+                self.grant_tokens(seq, name, &waiter.agent, waiter.session, waiter.tokens, fx);
+            fx.wakeups.push(Wakeup {
+                id,
+                reply: Ok(Response::Rate(result)),
+            });
+        }
+        self.schedule_refill(name);
+    }
+
+    /// A queued caller's wait ended (`timed_out`) or was withdrawn.
+    pub(crate) fn end_rate_wait(&mut self, id: u64, timed_out: bool, fx: &mut Effects) {
+        let Some(waiter) = self.rate_waiters.remove(&id) else {
+            return;
+        };
+        if !timed_out {
+            self.set_deadline(Some(waiter.deadline), None, Deadline::RateWait(id));
+        }
+        let Some(bucket) = self.buckets.get_mut(&waiter.bucket) else {
+            return;
+        };
+        bucket.waiters.retain(|w| *w != id);
+        let (available, rate, burst) = (
+            bucket.available_at(self.now) / MILLI,
+            bucket.rate_per_sec,
+            bucket.burst,
+        );
+        let error = if timed_out {
+            let retry = (waiter.tokens.saturating_sub(available) * MILLI)
+                .div_ceil(rate)
+                .max(1);
+            rate_limited(&waiter.bucket, available, waiter.tokens, rate, burst, retry)
+        } else {
+            Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "the wait for bucket {:?} was cancelled by its caller",
+                    waiter.bucket
+                ),
+            )
+        };
+        fx.wakeups.push(Wakeup {
+            id,
+            reply: Err(error),
+        });
+        // The head may have changed: serve or reschedule.
+        self.schedule_refill(&waiter.bucket);
     }
 
     // ---- reads --------------------------------------------------------------

@@ -205,6 +205,7 @@ fn a_bucket_refuses_with_an_exact_retry_hint_and_accounts_per_agent() {
         tokens: n,
         rate_per_sec: 10,
         burst: 5,
+        wait_ms: 0,
     };
     for _ in 0..5 {
         h.op("noisy", take(1)).unwrap();
@@ -248,7 +249,8 @@ fn a_bucket_refuses_with_an_exact_retry_hint_and_accounts_per_agent() {
                 bucket: "api/x".into(),
                 tokens: 1,
                 rate_per_sec: 0,
-                burst: 1
+                burst: 1,
+                wait_ms: 0
             }
         ))
         .code,
@@ -291,11 +293,66 @@ proptest! {
         let mut granted = 0u64;
         for (tokens, wait) in steps {
             h.time += wait;
-            if h.op("a", Op::RateTake { bucket: "api/x".into(), tokens, rate_per_sec: 50, burst: 10 }).is_ok() {
+            if h.op("a", Op::RateTake { bucket: "api/x".into(), tokens, rate_per_sec: 50, burst: 10, wait_ms: 0 }).is_ok() {
                 granted += tokens;
             }
             let bound = 10 + 50 * (h.time - start) / 1000;
             prop_assert!(granted <= bound, "granted {granted} > {bound}");
         }
     }
+}
+
+#[test]
+fn waiting_takes_are_served_in_order_as_the_bucket_refills() {
+    let mut h = Harness::new();
+    let take = |tokens, wait_ms| Op::RateTake {
+        bucket: "api/q".into(),
+        tokens,
+        rate_per_sec: 10,
+        burst: 2,
+        wait_ms,
+    };
+    h.op("a", take(2, 0)).unwrap(); // empties the bucket
+    let mut ids = Vec::new();
+    for (agent, tokens) in [("b", 2), ("c", 1)] {
+        h.seq += 1;
+        let out = h
+            .machine
+            .apply(h.seq, h.time, &Command::new(agent, take(tokens, 5_000)));
+        assert!(out.reply.is_ok());
+        ids.push(out.pending.expect("queued"));
+    }
+    // A newcomer may not barge ahead, even for one token that has refilled.
+    h.time += 100;
+    assert_eq!(err(&h.op("d", take(1, 0))).code, ErrorCode::RateLimited);
+    assert_eq!(
+        h.machine.next_deadline(),
+        Some(h.time + 100),
+        "b's 2 tokens are there 200 ms after the drain"
+    );
+    h.advance(100);
+    let first = h.take_wakeups();
+    assert_eq!(first.iter().map(|w| w.id).collect::<Vec<_>>(), vec![ids[0]]);
+    h.advance(100);
+    let second = h.take_wakeups();
+    assert_eq!(
+        second.iter().map(|w| w.id).collect::<Vec<_>>(),
+        vec![ids[1]]
+    );
+    let status = h.machine.bucket("api/q").unwrap();
+    let taken: u64 = status.usage.iter().map(|u| u.tokens).sum();
+    assert_eq!(taken, 5);
+
+    // A wait that cannot be served in time fails with RATE_LIMITED.
+    h.seq += 1;
+    let out = h
+        .machine
+        .apply(h.seq, h.time, &Command::new("e", take(2, 50)));
+    let id = out.pending.unwrap();
+    h.advance(50);
+    let failed = h.take_wakeups();
+    assert_eq!(
+        (failed[0].id, err(&failed[0].reply).code),
+        (id, ErrorCode::RateLimited)
+    );
 }

@@ -964,6 +964,9 @@ struct RateTakeBody {
     tokens: u64,
     rate_per_sec: u64,
     burst: u64,
+    /// Queue (FIFO) up to this long for the tokens instead of refusing.
+    #[serde(default)]
+    wait_ms: u64,
 }
 
 fn one() -> u64 {
@@ -976,13 +979,23 @@ async fn rate_take(
     headers: HeaderMap,
     JsonBody(body): JsonBody<RateTakeBody>,
 ) -> Response {
+    if body.wait_ms > state.config.max_wait_ms {
+        return reply_json::<Value>(Err(Error::invalid(
+            "wait_ms",
+            format!(
+                "at most {} ms on this server (--max-wait)",
+                state.config.max_wait_ms
+            ),
+        )));
+    }
     let op = Op::RateTake {
         bucket: body.bucket,
         tokens: body.tokens,
         rate_per_sec: body.rate_per_sec,
         burst: body.burst,
+        wait_ms: body.wait_ms,
     };
-    state.run(&headers, op, None).await
+    state.run_waiting(&headers, op, None).await
 }
 
 #[utoipa::path(get, path = "/v1/buckets/{bucket}", summary = "A bucket's tokens and who spends them", params(("bucket" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::BucketInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]

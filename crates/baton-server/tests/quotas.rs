@@ -284,3 +284,43 @@ async fn a_semaphore_never_admits_more_than_its_capacity() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_takes_queue_fairly_instead_of_failing() {
+    let server = TestServer::start().await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for agent in 0..8 {
+        let api = server.client(&format!("waiter-{agent}"));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..2 {
+                let body = json!({"bucket": "api/slow", "rate_per_sec": 20, "burst": 1, "wait_ms": 20_000});
+                assert_eq!(api.post("/v1/rate/take", body).await.ok()["taken"], 1);
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // 16 tokens at 20/s with a burst of 1 cannot all be had in under 750 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(740),
+        "{:?}",
+        started.elapsed()
+    );
+    let bucket = server
+        .client("observer")
+        .get("/v1/buckets/api/slow")
+        .await
+        .ok()
+        .clone();
+    assert_eq!(
+        bucket["usage"].as_array().unwrap().len(),
+        8,
+        "every agent was served"
+    );
+    server.stop().await;
+}
