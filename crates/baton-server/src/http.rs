@@ -145,6 +145,16 @@ pub fn reply_json<T: serde::Serialize>(reply: Result<T, Error>) -> Response {
 
 // ---- extraction ---------------------------------------------------------------
 
+/// Unwrap a parsed part of a request, or answer its error right away.
+macro_rules! parsed {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(error) => return reply_json::<Value>(Err(error)),
+        }
+    };
+}
+
 /// A JSON body; errors name the offending field. An empty body reads as `{}`.
 pub struct JsonBody<T>(pub T);
 
@@ -389,14 +399,10 @@ async fn session_keepalive(
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(_): JsonBody<Empty>,
 ) -> Response {
-    match path_id(id, "session_id") {
-        Ok(session_id) => {
-            state
-                .run(&headers, Op::SessionKeepalive { session_id }, None)
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let session_id = parsed!(path_id(id, "session_id"));
+    state
+        .run(&headers, Op::SessionKeepalive { session_id }, None)
+        .await
 }
 
 #[utoipa::path(delete, path = "/v1/sessions/{id}", summary = "Close a session and release what it holds", params(("id" = u64, Path, description = "lock or session id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SessionInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -405,14 +411,10 @@ async fn session_close(
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    match path_id(id, "session_id") {
-        Ok(session_id) => {
-            state
-                .run(&headers, Op::SessionClose { session_id }, None)
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let session_id = parsed!(path_id(id, "session_id"));
+    state
+        .run(&headers, Op::SessionClose { session_id }, None)
+        .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -429,21 +431,17 @@ async fn session_kill(
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<KillBody>,
 ) -> Response {
-    match path_id(id, "session_id") {
-        Ok(session_id) => {
-            state
-                .run(
-                    &headers,
-                    Op::SessionKill {
-                        session_id,
-                        reason: body.reason,
-                    },
-                    None,
-                )
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let session_id = parsed!(path_id(id, "session_id"));
+    state
+        .run(
+            &headers,
+            Op::SessionKill {
+                session_id,
+                reason: body.reason,
+            },
+            None,
+        )
+        .await
 }
 
 // ---- locks ------------------------------------------------------------------
@@ -470,15 +468,7 @@ async fn lock_acquire(
     headers: HeaderMap,
     JsonBody(body): JsonBody<AcquireBody>,
 ) -> Response {
-    if body.wait_ms > state.config.max_wait_ms {
-        return reply_json::<Value>(Err(Error::invalid(
-            "wait_ms",
-            format!(
-                "at most {} ms on this server (--max-wait)",
-                state.config.max_wait_ms
-            ),
-        )));
-    }
+    parsed!(state.check_wait(body.wait_ms));
     let acquire = LockAcquire {
         keys: body.keys,
         mode: body.mode,
@@ -492,6 +482,20 @@ async fn lock_acquire(
 }
 
 impl AppState {
+    /// A blocking wait may not exceed the server's `max_wait_ms`.
+    fn check_wait(&self, wait_ms: u64) -> Result<(), Error> {
+        if wait_ms > self.config.max_wait_ms {
+            return Err(Error::invalid(
+                "wait_ms",
+                format!(
+                    "at most {} ms on this server (--max-wait)",
+                    self.config.max_wait_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Run a command that may wait (a lock or a `once`): the writer answers
     /// when it is granted or fails; if this future is dropped (client gone)
     /// the writer withdraws the request; at shutdown it is withdrawn too.
@@ -555,10 +559,8 @@ async fn lock_release(
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    match path_id(id, "lock_id") {
-        Ok(lock_id) => state.run(&headers, Op::LockRelease { lock_id }, None).await,
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let lock_id = parsed!(path_id(id, "lock_id"));
+    state.run(&headers, Op::LockRelease { lock_id }, None).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -575,21 +577,17 @@ async fn lock_renew(
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<RenewBody>,
 ) -> Response {
-    match path_id(id, "lock_id") {
-        Ok(lock_id) => {
-            state
-                .run(
-                    &headers,
-                    Op::LockRenew {
-                        lock_id,
-                        ttl_ms: body.ttl_ms,
-                    },
-                    None,
-                )
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let lock_id = parsed!(path_id(id, "lock_id"));
+    state
+        .run(
+            &headers,
+            Op::LockRenew {
+                lock_id,
+                ttl_ms: body.ttl_ms,
+            },
+            None,
+        )
+        .await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -646,19 +644,15 @@ async fn kv_put(
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<PutBody>,
 ) -> Response {
-    match key_path(key) {
-        Ok(key) => {
-            let op = Op::Put {
-                key,
-                value: body.value,
-                if_version: body.if_version,
-                if_absent: body.if_absent,
-                ttl_ms: body.ttl_ms,
-            };
-            state.run(&headers, op, body.fence).await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let key = parsed!(key_path(key));
+    let op = Op::Put {
+        key,
+        value: body.value,
+        if_version: body.if_version,
+        if_absent: body.if_absent,
+        ttl_ms: body.ttl_ms,
+    };
+    state.run(&headers, op, body.fence).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -691,22 +685,18 @@ async fn kv_patch(
             )));
         }
     };
-    match key_path(key) {
-        Ok(key) => {
-            state
-                .run(
-                    &headers,
-                    Op::Patch {
-                        key,
-                        patch,
-                        if_version: body.if_version,
-                    },
-                    body.fence,
-                )
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let key = parsed!(key_path(key));
+    state
+        .run(
+            &headers,
+            Op::Patch {
+                key,
+                patch,
+                if_version: body.if_version,
+            },
+            body.fence,
+        )
+        .await
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -725,21 +715,17 @@ async fn kv_delete(
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<DeleteBody>,
 ) -> Response {
-    match key_path(key) {
-        Ok(key) => {
-            state
-                .run(
-                    &headers,
-                    Op::Delete {
-                        key,
-                        if_version: body.if_version,
-                    },
-                    body.fence,
-                )
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let key = parsed!(key_path(key));
+    state
+        .run(
+            &headers,
+            Op::Delete {
+                key,
+                if_version: body.if_version,
+            },
+            body.fence,
+        )
+        .await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -860,22 +846,18 @@ async fn quota_set(
     quota: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<QuotaSetBody>,
 ) -> Response {
-    match key_path(quota) {
-        Ok(quota) => {
-            state
-                .run(
-                    &headers,
-                    Op::QuotaSet {
-                        quota,
-                        capacity: body.capacity,
-                        reset_used: body.reset_used,
-                    },
-                    None,
-                )
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let quota = parsed!(key_path(quota));
+    state
+        .run(
+            &headers,
+            Op::QuotaSet {
+                quota,
+                capacity: body.capacity,
+                reset_used: body.reset_used,
+            },
+            None,
+        )
+        .await
 }
 
 #[utoipa::path(get, path = "/v1/quotas/{quota}", summary = "A quota's capacity, use and reservations", params(("quota" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QuotaInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -923,21 +905,17 @@ async fn quota_commit(
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
     JsonBody(body): JsonBody<CommitBody>,
 ) -> Response {
-    match path_id(id, "reservation_id") {
-        Ok(reservation_id) => {
-            state
-                .run(
-                    &headers,
-                    Op::QuotaCommit {
-                        reservation_id,
-                        actual: body.actual,
-                    },
-                    None,
-                )
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let reservation_id = parsed!(path_id(id, "reservation_id"));
+    state
+        .run(
+            &headers,
+            Op::QuotaCommit {
+                reservation_id,
+                actual: body.actual,
+            },
+            None,
+        )
+        .await
 }
 
 #[utoipa::path(delete, path = "/v1/reservations/{id}", summary = "Return a reservation to the pool; idempotent", params(("id" = u64, Path, description = "reservation id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SettleResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -946,14 +924,10 @@ async fn quota_release(
     headers: HeaderMap,
     id: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    match path_id(id, "reservation_id") {
-        Ok(reservation_id) => {
-            state
-                .run(&headers, Op::QuotaRelease { reservation_id }, None)
-                .await
-        }
-        Err(e) => reply_json::<Value>(Err(e)),
-    }
+    let reservation_id = parsed!(path_id(id, "reservation_id"));
+    state
+        .run(&headers, Op::QuotaRelease { reservation_id }, None)
+        .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -979,15 +953,7 @@ async fn rate_take(
     headers: HeaderMap,
     JsonBody(body): JsonBody<RateTakeBody>,
 ) -> Response {
-    if body.wait_ms > state.config.max_wait_ms {
-        return reply_json::<Value>(Err(Error::invalid(
-            "wait_ms",
-            format!(
-                "at most {} ms on this server (--max-wait)",
-                state.config.max_wait_ms
-            ),
-        )));
-    }
+    parsed!(state.check_wait(body.wait_ms));
     let op = Op::RateTake {
         bucket: body.bucket,
         tokens: body.tokens,
@@ -1024,15 +990,7 @@ async fn once(
     headers: HeaderMap,
     JsonBody(body): JsonBody<OnceBody>,
 ) -> Response {
-    if body.wait_ms > state.config.max_wait_ms {
-        return reply_json::<Value>(Err(Error::invalid(
-            "wait_ms",
-            format!(
-                "at most {} ms on this server (--max-wait)",
-                state.config.max_wait_ms
-            ),
-        )));
-    }
+    parsed!(state.check_wait(body.wait_ms));
     let op = Op::Once {
         key: body.key,
         max_age_ms: body.max_age_ms,
@@ -1211,15 +1169,7 @@ async fn semaphore_acquire(
     headers: HeaderMap,
     JsonBody(body): JsonBody<SemaphoreBody>,
 ) -> Response {
-    if body.wait_ms > state.config.max_wait_ms {
-        return reply_json::<Value>(Err(Error::invalid(
-            "wait_ms",
-            format!(
-                "at most {} ms on this server (--max-wait)",
-                state.config.max_wait_ms
-            ),
-        )));
-    }
+    parsed!(state.check_wait(body.wait_ms));
     let op = Op::SemaphoreAcquire {
         key: body.key,
         permits: body.permits,
