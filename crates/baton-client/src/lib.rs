@@ -34,11 +34,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use baton_core::reply::{
-    CounterResult, DeleteResult, FenceCheck, GetResult, HistoryResult, KeyLocksInfo, ListResult,
-    LockInfo, LockState, ReleaseResult, SessionInfo, TxnResult, WriteResult,
+    AgentUsage, BucketInfo, CounterResult, DeadLetter, DeleteResult, EnqueueResult, FenceCheck,
+    GetResult, HistoryResult, KeyLocksInfo, ListResult, LockInfo, LockState, OnceResult,
+    QueueEmpty, QueueItem, QueueSettled, QueueStatus, QuotaInfo, RateResult, ReleaseResult,
+    ReservationInfo, SessionInfo, SettleResult, TxnResult, WriteResult,
 };
 pub use baton_core::{LockMode, Txn};
-pub use request::{ApiRequest, LockRequest, PatchRequest, PutOptions, encode_key};
+pub use request::{
+    ApiRequest, LockRequest, OnceRequest, PatchRequest, PutOptions, RateRequest, encode_key,
+};
 pub use reqwest::Method;
 
 /// Where `baton serve` listens unless told otherwise.
@@ -73,6 +77,14 @@ pub struct EventPage {
     pub events: Vec<Event>,
     /// Pass as `from_revision` to continue after this page.
     pub next_revision: u64,
+}
+
+/// `POST /v1/queues/claim`: the oldest ready item, or nothing ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum QueueClaim {
+    Item(QueueItem),
+    Empty(QueueEmpty),
 }
 
 /// `GET /v1/status`. Fields a newer server adds are kept in `other`.
@@ -311,6 +323,156 @@ impl Client {
     ) -> Result<CounterResult, Error> {
         self.send(ApiRequest::counter_add(key, delta, min, max))
             .await
+    }
+
+    // ---- quotas and rate limits ----
+
+    /// Creates the quota or changes its capacity; `reset_used` forgets the
+    /// committed use (a new period). Live reservations stay.
+    pub async fn quota_set(
+        &self,
+        quota: &str,
+        capacity: u64,
+        reset_used: bool,
+    ) -> Result<QuotaInfo, Error> {
+        self.send(ApiRequest::quota_set(quota, capacity, reset_used))
+            .await
+    }
+
+    pub async fn quota_get(&self, quota: &str) -> Result<QuotaInfo, Error> {
+        self.send(ApiRequest::quota_get(quota)).await
+    }
+
+    /// Holds `amount` of the quota for `ttl_ms`, then commit or release it;
+    /// an expired reservation returns to the pool. QUOTA_EXCEEDED if it does
+    /// not fit, with `retry_after_ms` when expiring reservations would free
+    /// enough.
+    pub async fn quota_reserve(
+        &self,
+        quota: &str,
+        amount: u64,
+        ttl_ms: u64,
+    ) -> Result<ReservationInfo, Error> {
+        self.send(ApiRequest::quota_reserve(quota, amount, ttl_ms))
+            .await
+    }
+
+    /// Consumes `actual` (at most the amount reserved); the rest returns to
+    /// the pool. FENCED if the reservation already ended.
+    pub async fn quota_commit(
+        &self,
+        reservation_id: u64,
+        actual: u64,
+    ) -> Result<SettleResult, Error> {
+        self.send(ApiRequest::quota_commit(reservation_id, actual))
+            .await
+    }
+
+    /// Returns the whole reservation to the pool. Idempotent: an ended
+    /// reservation answers `settled: false` and how it ended.
+    pub async fn quota_release(&self, reservation_id: u64) -> Result<SettleResult, Error> {
+        self.send(ApiRequest::quota_release(reservation_id)).await
+    }
+
+    /// Takes tokens from a shared bucket, or RATE_LIMITED with the exact
+    /// `retry_after_ms` after which they will be there. With `wait_ms` the
+    /// request queues on the server (strict FIFO, no barging) until its
+    /// tokens are there, or RATE_LIMITED when the wait ends.
+    pub async fn rate_take(&self, request: &RateRequest) -> Result<RateResult, Error> {
+        self.send(ApiRequest::rate_take(request)).await
+    }
+
+    /// A bucket's tokens and who has been spending them, largest first.
+    pub async fn bucket(&self, bucket: &str) -> Result<BucketInfo, Error> {
+        self.send(ApiRequest::bucket(bucket)).await
+    }
+
+    // ---- queues ----
+
+    /// Appends `item` to `queue` (created on first use). Retry with the same
+    /// idempotency key to enqueue it once; after `max_attempts` deliveries
+    /// (default 5) an item is dead-lettered.
+    pub async fn queue_enqueue(
+        &self,
+        queue: &str,
+        item: &Value,
+        max_attempts: Option<u32>,
+    ) -> Result<EnqueueResult, Error> {
+        self.send(ApiRequest::queue_enqueue(queue, item, max_attempts))
+            .await
+    }
+
+    /// The oldest ready item, claimed for `visibility_ms`: ack or nack it with
+    /// its `claim_token` within that time, or it is delivered again.
+    pub async fn queue_claim(&self, queue: &str, visibility_ms: u64) -> Result<QueueClaim, Error> {
+        self.send(ApiRequest::queue_claim(queue, visibility_ms))
+            .await
+    }
+
+    /// Done with the item: it leaves the queue. FENCED if the claim expired
+    /// (the item was or will be delivered again): its result must not be used.
+    pub async fn queue_ack(
+        &self,
+        queue: &str,
+        item_id: u64,
+        claim_token: u64,
+    ) -> Result<QueueSettled, Error> {
+        self.send(ApiRequest::queue_ack(queue, item_id, claim_token))
+            .await
+    }
+
+    /// Gives the item back, visible again after `delay_ms`; dead-lettered if
+    /// it has had its `max_attempts`.
+    pub async fn queue_nack(
+        &self,
+        queue: &str,
+        item_id: u64,
+        claim_token: u64,
+        delay_ms: u64,
+    ) -> Result<QueueSettled, Error> {
+        self.send(ApiRequest::queue_nack(
+            queue,
+            item_id,
+            claim_token,
+            delay_ms,
+        ))
+        .await
+    }
+
+    /// Ready, in flight, delayed and dead-lettered counts, and the dead letters.
+    pub async fn queue_status(&self, queue: &str) -> Result<QueueStatus, Error> {
+        self.send(ApiRequest::queue_status(queue)).await
+    }
+
+    // ---- once (single-flight refresh) ----
+
+    /// The value if fresh (`status: "fresh"`); else the refresh claim for
+    /// the first caller (`"claimed"`: refresh, then [`Client::once_fulfil`]
+    /// or [`Client::once_abandon`]); everyone else waits up to `wait_ms` for
+    /// the claimant's value (`"fresh"`), or gets the claim if the claimant
+    /// gives up (`"claimed"`). Without a wait, or when it ends:
+    /// CONCURRENT_MODIFICATION. An agent asking while it holds the claim
+    /// gets DEADLOCK with the `claim_id`.
+    pub async fn once(&self, request: &OnceRequest) -> Result<OnceResult, Error> {
+        self.send(ApiRequest::once(request)).await
+    }
+
+    /// Publishes the refreshed value under the claim and wakes the waiters.
+    /// FENCED if the claim is no longer current: do not use the value.
+    pub async fn once_fulfil(
+        &self,
+        key: &str,
+        claim_id: u64,
+        value: &Value,
+    ) -> Result<OnceResult, Error> {
+        self.send(ApiRequest::once_fulfil(key, claim_id, value))
+            .await
+    }
+
+    /// Gives the claim up; the next waiter gets it.
+    pub async fn once_abandon(&self, key: &str, claim_id: u64) -> Result<(), Error> {
+        let _: Value = self.send(ApiRequest::once_abandon(key, claim_id)).await?;
+        Ok(())
     }
 
     // ---- events ----

@@ -77,6 +77,77 @@ impl LockRequest {
     }
 }
 
+/// `POST /v1/rate/take`: take `tokens` from a shared token bucket that
+/// refills `rate_per_sec` tokens a second up to `burst`. The bucket is
+/// created on first use; the latest rate and burst given win.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateRequest {
+    pub bucket: String,
+    /// At least 1, at most `burst`.
+    pub tokens: u64,
+    pub rate_per_sec: u64,
+    pub burst: u64,
+    /// Queue (strict FIFO, no barging) this long for the tokens instead of
+    /// being refused at once; 0 answers at once.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wait_ms: u64,
+}
+
+impl RateRequest {
+    /// One token from `bucket`, answered at once.
+    pub fn new(bucket: impl Into<String>, rate_per_sec: u64, burst: u64) -> RateRequest {
+        RateRequest {
+            bucket: bucket.into(),
+            tokens: 1,
+            rate_per_sec,
+            burst,
+            wait_ms: 0,
+        }
+    }
+
+    pub fn tokens(mut self, tokens: u64) -> RateRequest {
+        self.tokens = tokens;
+        self
+    }
+
+    pub fn wait_ms(mut self, wait_ms: u64) -> RateRequest {
+        self.wait_ms = wait_ms;
+        self
+    }
+}
+
+/// `POST /v1/once`: the value of `key` if younger than `max_age_ms`; else
+/// the refresh claim for the first caller, and a wait of up to `wait_ms` for
+/// the claimant's value for everyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OnceRequest {
+    pub key: String,
+    pub max_age_ms: u64,
+    /// How long a claim lasts: the refresh must be published within it, or
+    /// the next waiter gets the claim (there is no renewal).
+    pub claim_ttl_ms: u64,
+    /// How long to wait for another agent's refresh; 0 answers at once
+    /// (CONCURRENT_MODIFICATION while someone else refreshes).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wait_ms: u64,
+}
+
+impl OnceRequest {
+    pub fn new(key: impl Into<String>, max_age_ms: u64, claim_ttl_ms: u64) -> OnceRequest {
+        OnceRequest {
+            key: key.into(),
+            max_age_ms,
+            claim_ttl_ms,
+            wait_ms: 0,
+        }
+    }
+
+    pub fn wait_ms(mut self, wait_ms: u64) -> OnceRequest {
+        self.wait_ms = wait_ms;
+        self
+    }
+}
+
 /// Conditions and lease of a `PUT /v1/kv/{key}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
@@ -292,6 +363,99 @@ impl ApiRequest {
             body.insert("max".into(), max.into());
         }
         ApiRequest::new(Method::POST, "/v1/counters/add".into()).body(Value::Object(body))
+    }
+
+    pub fn quota_set(quota: &str, capacity: u64, reset_used: bool) -> ApiRequest {
+        let mut body = Map::new();
+        body.insert("capacity".into(), capacity.into());
+        if reset_used {
+            body.insert("reset_used".into(), true.into());
+        }
+        ApiRequest::new(Method::PUT, format!("/v1/quotas/{}", encode_key(quota)))
+            .body(Value::Object(body))
+    }
+
+    pub fn quota_get(quota: &str) -> ApiRequest {
+        ApiRequest::get(format!("/v1/quotas/{}", encode_key(quota)))
+    }
+
+    pub fn quota_reserve(quota: &str, amount: u64, ttl_ms: u64) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/reservations".into())
+            .body(json!({ "quota": quota, "amount": amount, "ttl_ms": ttl_ms }))
+    }
+
+    pub fn quota_commit(reservation_id: u64, actual: u64) -> ApiRequest {
+        ApiRequest::new(
+            Method::POST,
+            format!("/v1/reservations/{reservation_id}/commit"),
+        )
+        .body(json!({ "actual": actual }))
+    }
+
+    pub fn quota_release(reservation_id: u64) -> ApiRequest {
+        ApiRequest::new(Method::DELETE, format!("/v1/reservations/{reservation_id}"))
+    }
+
+    pub fn rate_take(request: &RateRequest) -> ApiRequest {
+        let body = serde_json::to_value(request).expect("a RateRequest always serializes");
+        ApiRequest {
+            wait_ms: request.wait_ms,
+            ..ApiRequest::new(Method::POST, "/v1/rate/take".into()).body(body)
+        }
+    }
+
+    pub fn bucket(bucket: &str) -> ApiRequest {
+        ApiRequest::get(format!("/v1/buckets/{}", encode_key(bucket)))
+    }
+
+    pub fn queue_enqueue(queue: &str, item: &Value, max_attempts: Option<u32>) -> ApiRequest {
+        let mut body = Map::new();
+        body.insert("queue".into(), queue.into());
+        body.insert("item".into(), item.clone());
+        if let Some(max_attempts) = max_attempts {
+            body.insert("max_attempts".into(), max_attempts.into());
+        }
+        ApiRequest::new(Method::POST, "/v1/queues/enqueue".into()).body(Value::Object(body))
+    }
+
+    pub fn queue_claim(queue: &str, visibility_ms: u64) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/queues/claim".into())
+            .body(json!({ "queue": queue, "visibility_ms": visibility_ms }))
+    }
+
+    pub fn queue_ack(queue: &str, item_id: u64, claim_token: u64) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/queues/ack".into())
+            .body(json!({ "queue": queue, "item_id": item_id, "claim_token": claim_token }))
+    }
+
+    pub fn queue_nack(queue: &str, item_id: u64, claim_token: u64, delay_ms: u64) -> ApiRequest {
+        let mut body = json!({ "queue": queue, "item_id": item_id, "claim_token": claim_token });
+        if delay_ms > 0 {
+            body["delay_ms"] = delay_ms.into();
+        }
+        ApiRequest::new(Method::POST, "/v1/queues/nack".into()).body(body)
+    }
+
+    pub fn queue_status(queue: &str) -> ApiRequest {
+        ApiRequest::get(format!("/v1/queue-status/{}", encode_key(queue)))
+    }
+
+    pub fn once(request: &OnceRequest) -> ApiRequest {
+        let body = serde_json::to_value(request).expect("a OnceRequest always serializes");
+        ApiRequest {
+            wait_ms: request.wait_ms,
+            ..ApiRequest::new(Method::POST, "/v1/once".into()).body(body)
+        }
+    }
+
+    pub fn once_fulfil(key: &str, claim_id: u64, value: &Value) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/once/fulfil".into())
+            .body(json!({ "key": key, "claim_id": claim_id, "value": value }))
+    }
+
+    pub fn once_abandon(key: &str, claim_id: u64) -> ApiRequest {
+        ApiRequest::new(Method::POST, "/v1/once/abandon".into())
+            .body(json!({ "key": key, "claim_id": claim_id }))
     }
 
     pub fn events(prefix: &str, from_revision: Option<u64>, limit: Option<u64>) -> ApiRequest {

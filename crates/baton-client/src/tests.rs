@@ -294,3 +294,119 @@ async fn a_watch_stream_that_just_ends_says_so() {
     assert_eq!(items.len(), 1);
     assert_eq!(items[0].as_ref().unwrap_err().code, ErrorCode::Unavailable);
 }
+
+#[test]
+fn quota_rate_and_once_bodies_follow_the_contract() {
+    let set = ApiRequest::quota_set("gpu/hours", 20, true);
+    assert_eq!(
+        (set.method.clone(), set.path.as_str()),
+        (Method::PUT, "/v1/quotas/gpu/hours")
+    );
+    assert_eq!(set.body, Some(json!({"capacity": 20, "reset_used": true})));
+    assert_eq!(
+        ApiRequest::quota_set("gpu/hours", 20, false).body,
+        Some(json!({"capacity": 20}))
+    );
+    assert_eq!(
+        ApiRequest::quota_get("gpu/a b").path,
+        "/v1/quotas/gpu/a%20b"
+    );
+    assert_eq!(
+        ApiRequest::quota_reserve("gpu/hours", 3, 300_000).body,
+        Some(json!({"quota": "gpu/hours", "amount": 3, "ttl_ms": 300000}))
+    );
+    let commit = ApiRequest::quota_commit(42, 2);
+    assert_eq!(commit.path, "/v1/reservations/42/commit");
+    assert_eq!(commit.body, Some(json!({"actual": 2})));
+    let release = ApiRequest::quota_release(42);
+    assert_eq!((release.method, release.body), (Method::DELETE, None));
+
+    let take = ApiRequest::rate_take(&RateRequest::new("api/openai", 50, 10).tokens(3));
+    assert_eq!(take.path, "/v1/rate/take");
+    assert_eq!(
+        take.body,
+        Some(json!({"bucket": "api/openai", "tokens": 3, "rate_per_sec": 50, "burst": 10}))
+    );
+    let waiting = ApiRequest::rate_take(&RateRequest::new("api/openai", 50, 10).wait_ms(2_000));
+    assert_eq!(
+        waiting.wait_ms, 2_000,
+        "the client's timeout covers the wait"
+    );
+    assert_eq!(waiting.body.unwrap()["wait_ms"], 2_000);
+    assert_eq!(
+        ApiRequest::bucket("api/openai").path,
+        "/v1/buckets/api/openai"
+    );
+
+    let once = ApiRequest::once(&OnceRequest::new("cred/token", 600_000, 30_000).wait_ms(20_000));
+    assert_eq!(once.wait_ms, 20_000, "the client's timeout covers the wait");
+    assert_eq!(
+        once.body,
+        Some(
+            json!({"key": "cred/token", "max_age_ms": 600000, "claim_ttl_ms": 30000, "wait_ms": 20000})
+        )
+    );
+    assert_eq!(
+        ApiRequest::once(&OnceRequest::new("cred/token", 1, 2)).body,
+        Some(json!({"key": "cred/token", "max_age_ms": 1, "claim_ttl_ms": 2}))
+    );
+    assert_eq!(
+        ApiRequest::once_fulfil("cred/token", 7, &json!("tok")).body,
+        Some(json!({"key": "cred/token", "claim_id": 7, "value": "tok"}))
+    );
+    assert_eq!(
+        ApiRequest::once_abandon("cred/token", 7).body,
+        Some(json!({"key": "cred/token", "claim_id": 7}))
+    );
+}
+
+#[test]
+fn queue_bodies_follow_the_contract() {
+    assert_eq!(
+        ApiRequest::queue_enqueue("jobs/mail", &json!({"to": "a"}), Some(3)).body,
+        Some(json!({"queue": "jobs/mail", "item": {"to": "a"}, "max_attempts": 3}))
+    );
+    assert_eq!(
+        ApiRequest::queue_enqueue("jobs/mail", &json!(1), None).body,
+        Some(json!({"queue": "jobs/mail", "item": 1}))
+    );
+    assert_eq!(
+        ApiRequest::queue_claim("jobs/mail", 30_000).body,
+        Some(json!({"queue": "jobs/mail", "visibility_ms": 30000}))
+    );
+    let ack = ApiRequest::queue_ack("jobs/mail", 7, 42);
+    assert_eq!(ack.path, "/v1/queues/ack");
+    assert_eq!(
+        ack.body,
+        Some(json!({"queue": "jobs/mail", "item_id": 7, "claim_token": 42}))
+    );
+    assert_eq!(
+        ApiRequest::queue_nack("jobs/mail", 7, 42, 0).body,
+        Some(json!({"queue": "jobs/mail", "item_id": 7, "claim_token": 42}))
+    );
+    assert_eq!(
+        ApiRequest::queue_nack("jobs/mail", 7, 42, 500)
+            .body
+            .unwrap()["delay_ms"],
+        500
+    );
+    assert_eq!(
+        ApiRequest::queue_status("jobs/mail").path,
+        "/v1/queue-status/jobs/mail"
+    );
+}
+
+#[test]
+fn a_claim_is_an_item_or_nothing_ready() {
+    let item: QueueClaim = serde_json::from_value(json!({
+        "queue": "q/a", "item_id": 7, "item": {"n": 1}, "attempt": 1, "max_attempts": 5,
+        "claim_token": 42, "visible_at": 10, "enqueued_at": 1
+    }))
+    .unwrap();
+    assert!(matches!(item, QueueClaim::Item(ref i) if i.claim_token == 42));
+    let empty: QueueClaim = serde_json::from_value(
+        json!({"queue": "q/a", "empty": true, "in_flight": 2, "delayed": 0}),
+    )
+    .unwrap();
+    assert!(matches!(empty, QueueClaim::Empty(ref e) if e.in_flight == 2));
+}

@@ -6,6 +6,10 @@
 mod events;
 mod kv;
 mod lock;
+mod once;
+mod queue;
+mod quota;
+mod rate;
 mod run;
 mod session;
 mod text;
@@ -40,6 +44,14 @@ pub enum ClientCommand {
     Status(events::StatusArgs),
     /// Run a command while holding locks; the lease is renewed while it runs
     Run(run::RunArgs),
+    /// Quotas: reserve part of a capacity, then commit what was spent or release it
+    Quota(quota::QuotaArgs),
+    /// Shared token-bucket rate limits: take tokens, see who spends them
+    Rate(rate::RateArgs),
+    /// Single-flight refresh: one caller refreshes a stale value, the others wait for it
+    Once(once::OnceArgs),
+    /// Work queues: enqueue, claim with a visibility timeout, ack or nack
+    Queue(queue::QueueArgs),
 }
 
 /// Runs one client subcommand and returns the process exit code.
@@ -54,6 +66,10 @@ pub fn run(command: ClientCommand, mode: OutputMode) -> i32 {
         ClientCommand::Events(args) => events::events(args, mode),
         ClientCommand::Status(args) => events::status(args, mode),
         ClientCommand::Run(args) => run::run(args, mode),
+        ClientCommand::Quota(args) => quota::run(args, mode),
+        ClientCommand::Rate(args) => rate::run(args, mode),
+        ClientCommand::Once(args) => once::run(args, mode),
+        ClientCommand::Queue(args) => queue::run(args, mode),
     }
 }
 
@@ -131,6 +147,24 @@ impl WriteArgs {
             client = client.with_fence(key, *token);
         }
         client
+    }
+}
+
+/// The idempotency key alone, for mutations whose endpoint takes no fence.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// Make this call safe to retry: a repeat with the same key gets the
+    /// first answer instead of applying twice
+    #[arg(long, value_name = "KEY", help_heading = "Write safety")]
+    pub idempotency_key: Option<String>,
+}
+
+impl RetryArgs {
+    pub fn write(&self) -> WriteArgs {
+        WriteArgs {
+            idempotency_key: self.idempotency_key.clone(),
+            fence: None,
+        }
     }
 }
 

@@ -81,14 +81,14 @@ pub fn run(args: RunArgs, mode: OutputMode) -> i32 {
 }
 
 /// The signals `baton run` passes on to the command.
-struct Signals {
+pub(super) struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install() -> Result<Signals, Error> {
+    pub(super) fn install() -> Result<Signals, Error> {
         let install = |kind| {
             signal(kind)
                 .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot handle signals: {e}")))
@@ -100,7 +100,7 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) -> Signal {
+    pub(super) async fn recv(&mut self) -> Signal {
         tokio::select! {
             _ = self.interrupt.recv() => Signal::SIGINT,
             _ = self.terminate.recv() => Signal::SIGTERM,
@@ -270,13 +270,13 @@ async fn hold_and_run(
 
 /// Where signals for the command go: its process group, or just itself.
 #[derive(Debug, Clone, Copy)]
-struct Target {
-    pid: Pid,
-    group: bool,
+pub(super) struct Target {
+    pub(super) pid: Pid,
+    pub(super) group: bool,
 }
 
 impl Target {
-    fn send(self, signal: Signal) {
+    pub(super) fn send(self, signal: Signal) {
         // Errors mean it has exited already: nothing left to signal.
         let _ = if self.group {
             nix::sys::signal::killpg(self.pid, signal)
@@ -320,7 +320,7 @@ async fn lease_lost(
     }))
 }
 
-async fn sleep_until_some(deadline: Option<Instant>) {
+pub(super) async fn sleep_until_some(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
@@ -328,7 +328,7 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 }
 
 /// The shell's convention: the exit code, or 128+N for death by signal N.
-fn status_code(status: std::io::Result<ExitStatus>) -> i32 {
+pub(super) fn status_code(status: std::io::Result<ExitStatus>) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(status) => status
