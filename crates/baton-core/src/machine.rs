@@ -167,8 +167,12 @@ pub(crate) struct Ended {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct IdempotencyRecord {
     pub fingerprint: u64,
+    /// The reply; for a request that still waits, its provisional reply.
     pub reply: Reply,
     pub time: u64,
+    /// The id of the wait this request is in, until its wakeup replaces `reply`.
+    #[serde(default)]
+    pub waiting: Option<u64>,
 }
 
 /// Effects gathered while applying one command.
@@ -227,6 +231,9 @@ pub struct StateMachine {
     pub(crate) queues: BTreeMap<String, crate::queue::Queue>,
     #[serde(default)]
     pub(crate) rate_waiters: BTreeMap<u64, crate::quota::RateWaiter>,
+    /// Waiting requests made with an idempotency key: wait id -> (agent, key).
+    #[serde(default)]
+    pub(crate) idempotency_waits: BTreeMap<u64, (String, String)>,
     /// Derived from `locks`: every live lock of each party. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) party_locks: BTreeMap<Party, BTreeSet<u64>>,
@@ -261,6 +268,7 @@ impl StateMachine {
             once_waiters: BTreeMap::new(),
             queues: BTreeMap::new(),
             rate_waiters: BTreeMap::new(),
+            idempotency_waits: BTreeMap::new(),
             party_locks: BTreeMap::new(),
             locks_held: 0,
         }
@@ -336,19 +344,18 @@ impl StateMachine {
         self.fire_due(seq, &mut fx);
         self.expire_idempotency();
         if matches!(command.op, Op::Tick) {
-            return fx.into_output(Ok(Response::Empty {}));
+            return self.finish(fx, Ok(Response::Empty {}));
         }
 
         let idempotency = match self.check_idempotency(command) {
             Ok(Some(recorded)) => {
-                let reply = self.replay(recorded);
-                // A replayed request that still waits joins the original wait.
-                if let Ok(Response::Lock(info)) = &reply
-                    && info.status == LockStatus::Waiting
-                {
-                    fx.pending = Some(info.lock_id);
+                // A retry of a request that still waits joins the original wait.
+                if let Some(id) = recorded.waiting {
+                    fx.pending = Some(id);
+                    return self.finish(fx, recorded.reply);
                 }
-                return fx.into_output(reply);
+                let reply = self.replay(recorded.reply);
+                return self.finish(fx, reply);
             }
             Ok(None) => command
                 .idempotency_key
@@ -356,7 +363,7 @@ impl StateMachine {
                 .map(|key| (key.clone(), fingerprint(command))),
             Err(error) => {
                 self.refused(seq, command, &error, &mut fx);
-                return fx.into_output(Err(error));
+                return self.finish(fx, Err(error));
             }
         };
 
@@ -364,12 +371,32 @@ impl StateMachine {
         if let Err(error) = &reply {
             self.refused(seq, command, error, &mut fx);
         }
-        if let Some((key, fingerprint)) = idempotency {
-            self.record_idempotency(&command.agent, key, fingerprint, &reply);
-        }
-        self.debug_check_invariants();
         if reply.is_err() {
             fx.pending = None;
+        }
+        if let Some((key, fingerprint)) = idempotency {
+            self.record_idempotency(&command.agent, key, fingerprint, &reply, fx.pending);
+        }
+        self.debug_check_invariants();
+        self.finish(fx, reply)
+    }
+
+    /// Build the output; a wakeup of a request made with an idempotency key
+    /// becomes that key's recorded reply, so a retry gets the outcome.
+    fn finish(&mut self, fx: Effects, reply: Reply) -> Output {
+        for wakeup in &fx.wakeups {
+            let Some((agent, key)) = self.idempotency_waits.remove(&wakeup.id) else {
+                continue;
+            };
+            if let Some(record) = self
+                .idempotency
+                .get_mut(&agent)
+                .and_then(|records| records.get_mut(&key))
+                && record.waiting == Some(wakeup.id)
+            {
+                record.reply = wakeup.reply.clone();
+                record.waiting = None;
+            }
         }
         fx.into_output(reply)
     }
@@ -924,7 +951,7 @@ impl StateMachine {
     // ---- idempotency --------------------------------------------------------
 
     /// `Ok(Some(reply))` for a repeat, `Ok(None)` for a first use, `Err` for a mismatch.
-    fn check_idempotency(&self, command: &Command) -> Result<Option<Reply>, Error> {
+    fn check_idempotency(&self, command: &Command) -> Result<Option<IdempotencyRecord>, Error> {
         let Some(key) = &command.idempotency_key else {
             return Ok(None);
         };
@@ -945,7 +972,7 @@ impl StateMachine {
             return Ok(None);
         };
         if record.fingerprint == fingerprint(command) {
-            Ok(Some(record.reply.clone()))
+            Ok(Some(record.clone()))
         } else {
             Err(Error::new(
                 ErrorCode::IdempotencyMismatch,
@@ -974,11 +1001,23 @@ impl StateMachine {
         }
     }
 
-    fn record_idempotency(&mut self, agent: &str, key: String, fingerprint: u64, reply: &Reply) {
+    fn record_idempotency(
+        &mut self,
+        agent: &str,
+        key: String,
+        fingerprint: u64,
+        reply: &Reply,
+        waiting: Option<u64>,
+    ) {
+        if let Some(id) = waiting {
+            self.idempotency_waits
+                .insert(id, (agent.to_string(), key.clone()));
+        }
         let record = IdempotencyRecord {
             fingerprint,
             reply: reply.clone(),
             time: self.now,
+            waiting,
         };
         self.idempotency
             .entry(agent.to_string())

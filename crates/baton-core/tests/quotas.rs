@@ -356,3 +356,62 @@ fn waiting_takes_are_served_in_order_as_the_bucket_refills() {
         (id, ErrorCode::RateLimited)
     );
 }
+
+#[test]
+fn a_retried_waiting_request_joins_the_wait_and_later_gets_the_outcome() {
+    let mut h = Harness::new();
+    let take = |wait_ms| Op::RateTake {
+        bucket: "api/i".into(),
+        tokens: 1,
+        rate_per_sec: 2,
+        burst: 1,
+        wait_ms,
+    };
+    h.op("a", take(0)).unwrap();
+    let waiting = Command::new("b", take(5_000)).with_idempotency_key("k1");
+    let apply = |h: &mut Harness, command: &Command| {
+        h.seq += 1;
+        let out = h.machine.apply(h.seq, h.time, command);
+        h.wakeups.extend(out.wakeups.clone());
+        out
+    };
+    let first = apply(&mut h, &waiting);
+    let id = first.pending.expect("waits");
+    let retry = apply(&mut h, &waiting);
+    assert_eq!(
+        retry.pending,
+        Some(id),
+        "the retry joins the same wait, it is not answered as done"
+    );
+    assert_eq!(
+        h.machine
+            .bucket("api/i")
+            .unwrap()
+            .usage
+            .iter()
+            .map(|u| u.tokens)
+            .sum::<u64>(),
+        1,
+        "nothing taken twice"
+    );
+    h.advance(500);
+    assert_eq!(h.take_wakeups()[0].id, id);
+    let after = apply(&mut h, &waiting);
+    assert_eq!(after.pending, None);
+    assert!(
+        matches!(after.reply, Ok(Response::Rate(RateResult { taken: 1, .. }))),
+        "{:?}",
+        after.reply
+    );
+    assert_eq!(
+        h.machine
+            .bucket("api/i")
+            .unwrap()
+            .usage
+            .iter()
+            .map(|u| u.tokens)
+            .sum::<u64>(),
+        2,
+        "applied once"
+    );
+}

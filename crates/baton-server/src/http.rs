@@ -837,6 +837,8 @@ struct QuotaSetBody {
     capacity: u64,
     #[serde(default)]
     reset_used: bool,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(put, path = "/v1/quotas/{quota}", summary = "Create a quota or change its capacity", request_body = QuotaSetBody, params(("quota" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QuotaInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -855,7 +857,7 @@ async fn quota_set(
                 capacity: body.capacity,
                 reset_used: body.reset_used,
             },
-            None,
+            body.fence,
         )
         .await
 }
@@ -896,6 +898,8 @@ async fn quota_reserve(
 #[serde(deny_unknown_fields)]
 struct CommitBody {
     actual: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/reservations/{id}/commit", summary = "Consume what was actually spent; the rest returns to the pool", request_body = CommitBody, params(("id" = u64, Path, description = "reservation id")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::SettleResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -913,7 +917,7 @@ async fn quota_commit(
                 reservation_id,
                 actual: body.actual,
             },
-            None,
+            body.fence,
         )
         .await
 }
@@ -941,6 +945,8 @@ struct RateTakeBody {
     /// Queue (FIFO) up to this long for the tokens instead of refusing.
     #[serde(default)]
     wait_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 fn one() -> u64 {
@@ -961,7 +967,7 @@ async fn rate_take(
         burst: body.burst,
         wait_ms: body.wait_ms,
     };
-    state.run_waiting(&headers, op, None).await
+    state.run_waiting(&headers, op, body.fence).await
 }
 
 #[utoipa::path(get, path = "/v1/buckets/{bucket}", summary = "A bucket's tokens and who spends them", params(("bucket" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::BucketInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -982,6 +988,8 @@ struct OnceBody {
     claim_ttl_ms: u64,
     #[serde(default)]
     wait_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/once", summary = "Single-flight refresh: the fresh value, a refresh claim for the first caller, or a wait for the claimant's value", request_body = OnceBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::OnceResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -997,7 +1005,7 @@ async fn once(
         claim_ttl_ms: body.claim_ttl_ms,
         wait_ms: body.wait_ms,
     };
-    state.run_waiting(&headers, op, None).await
+    state.run_waiting(&headers, op, body.fence).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -1006,6 +1014,8 @@ struct FulfilBody {
     key: String,
     claim_id: u64,
     value: Value,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/once/fulfil", summary = "Publish the refreshed value under your claim; waiters get it", request_body = FulfilBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::OnceResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1019,7 +1029,7 @@ async fn once_fulfil(
         claim_id: body.claim_id,
         value: body.value,
     };
-    state.run(&headers, op, None).await
+    state.run(&headers, op, body.fence).await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -1027,6 +1037,8 @@ async fn once_fulfil(
 struct AbandonBody {
     key: String,
     claim_id: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/once/abandon", summary = "Give up a refresh claim; the next waiter gets it", request_body = AbandonBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<serde_json::Value>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1042,7 +1054,7 @@ async fn once_abandon(
                 key: body.key,
                 claim_id: body.claim_id,
             },
-            None,
+            body.fence,
         )
         .await
 }
@@ -1079,6 +1091,8 @@ async fn queue_enqueue(
 struct ClaimBody {
     queue: String,
     visibility_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/queues/claim", summary = "Claim the oldest ready item for visibility_ms; {empty: true} when none is ready", request_body = ClaimBody, responses((status = 200, description = "ok envelope: a QueueItem or a QueueEmpty", body = OkEnvelope<baton_core::QueueItem>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1094,7 +1108,7 @@ async fn queue_claim(
                 queue: body.queue,
                 visibility_ms: body.visibility_ms,
             },
-            None,
+            body.fence,
         )
         .await
 }
@@ -1107,6 +1121,8 @@ struct SettleBody {
     claim_token: u64,
     #[serde(default)]
     delay_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/queues/ack", summary = "Done with a claimed item; FENCED if the claim expired", request_body = SettleBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1123,7 +1139,7 @@ async fn queue_ack(
                 item_id: body.item_id,
                 claim_token: body.claim_token,
             },
-            None,
+            body.fence,
         )
         .await
 }
@@ -1140,7 +1156,7 @@ async fn queue_nack(
         claim_token: body.claim_token,
         delay_ms: body.delay_ms,
     };
-    state.run(&headers, op, None).await
+    state.run(&headers, op, body.fence).await
 }
 
 #[utoipa::path(get, path = "/v1/queue-status/{queue}", summary = "Depth, in-flight, delayed, dead letters and the oldest item's age", params(("queue" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueStatus>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1161,6 +1177,8 @@ struct SemaphoreBody {
     ttl_ms: Option<u64>,
     #[serde(default)]
     wait_ms: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
 }
 
 #[utoipa::path(post, path = "/v1/semaphores", summary = "Take permits of a counting semaphore (a weighted shared lock: release and renew it as a lock)", request_body = SemaphoreBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::LockInfo>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1177,7 +1195,7 @@ async fn semaphore_acquire(
         ttl_ms: body.ttl_ms,
         wait_ms: body.wait_ms,
     };
-    state.run_waiting(&headers, op, None).await
+    state.run_waiting(&headers, op, body.fence).await
 }
 
 // ---- events and watch -----------------------------------------------------------

@@ -324,3 +324,42 @@ async fn waiting_takes_queue_fairly_instead_of_failing() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_new_primitives_take_a_fence_like_every_write() {
+    let server = TestServer::start().await;
+    let api = server.client("fenced");
+    let stale = json!({"key": "guard/k", "token": 12345});
+    let take = api
+        .post(
+            "/v1/rate/take",
+            json!({"bucket": "api/f", "rate_per_sec": 1, "burst": 1, "fence": stale}),
+        )
+        .await;
+    assert_eq!((take.status, take.code()), (409, "FENCED"));
+    let enqueue = api
+        .post(
+            "/v1/queues/enqueue",
+            json!({"queue": "jobs/f", "item": 1, "fence": stale}),
+        )
+        .await;
+    assert_eq!(enqueue.code(), "FENCED");
+    let once = api
+        .post(
+            "/v1/once",
+            json!({"key": "cred/f", "max_age_ms": 1000, "claim_ttl_ms": 1000, "fence": stale}),
+        )
+        .await;
+    assert_eq!(once.code(), "FENCED");
+    assert_eq!(
+        api.get("/v1/queue-status/jobs/f").await.ok()["ready"],
+        0,
+        "nothing applied"
+    );
+    assert_eq!(
+        api.get("/v1/buckets/api/f").await.status,
+        404,
+        "nothing applied"
+    );
+    server.stop().await;
+}
