@@ -29,10 +29,24 @@ pub struct ProcessServer {
     pub starts: u64,
 }
 
-/// A free loopback port (bound, read, released).
+/// A free loopback port below the kernel's ephemeral range, so that while the
+/// server is down no client connection can be given it as its own local port
+/// (a TCP self-connect that would also keep the restart from binding it).
 fn free_port() -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.local_addr()
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 20_000u16.min(ephemeral_start.saturating_sub(1000));
+    let span = u64::from(ephemeral_start.saturating_sub(low).max(1));
+    let mut rng = crate::rng::Rng::new(crate::rng::Rng::seed_from_time());
+    for _ in 0..200 {
+        let port = low + (rng.below(span) as u16);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr();
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 impl ProcessServer {

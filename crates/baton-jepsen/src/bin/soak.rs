@@ -14,7 +14,8 @@
 //!
 //! The server runs with small in-memory bounds (10 000 buffered events,
 //! idempotency records and ended-lock records) so they fill during the
-//! warm-up; after that, memory must stay flat.
+//! warm-up (the first third of the run, at least 60 s); after that, memory
+//! must stay flat.
 
 use baton_jepsen::http::Gate;
 use baton_jepsen::knobs::target_dir;
@@ -132,7 +133,7 @@ async fn soak(args: Args) -> i32 {
         SAMPLE_EVERY.as_secs()
     );
     let started = Instant::now();
-    let warm_up = (args.run_time / 4).max(Duration::from_secs(20));
+    let warm_up = (args.run_time / 3).max(Duration::from_secs(60));
     let mut samples: Vec<Sample> = Vec::new();
     let mut operations = 0usize;
     let mut anomalies = Vec::new();
