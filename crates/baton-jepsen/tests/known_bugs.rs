@@ -67,8 +67,9 @@ fn an_idempotent_txn_with_counters_replays_the_same_reply_after_a_snapshot_resto
 /// FENCED ("you no longer hold it: stop writing with its fence"), for a lock
 /// that was never granted. `StateMachine::replay` answers a recorded
 /// `Waiting` reply whose lock has ended with `gone_error`.
+/// Fixed in 6360f45 ("idempotent retries of waiting requests join the wait
+/// and then get its outcome"); kept as a regression test.
 #[test]
-#[ignore = "baton-core bug: an idempotent retry of a timed-out lock wait answers FENCED instead of the waiter's CONCURRENT_MODIFICATION"]
 fn a_retried_lock_wait_that_timed_out_replays_the_waiters_answer() {
     let acquire = |wait_ms| {
         Op::LockAcquire(LockAcquire {
