@@ -1,0 +1,279 @@
+//! The systems under test and the handful of operations every workload is
+//! made of. Each module speaks its system's native API the way a careful
+//! user of it would; `Conn` dispatches so the workload driver stays one
+//! piece of code for all of them.
+
+pub mod baton;
+pub mod etcd;
+pub mod postgres;
+pub mod redis;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long a lock's lease lasts in every system: far longer than a run's
+/// critical section, so a lease never expires while it is held.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// Which system, and where it listens.
+#[derive(Debug, Clone)]
+pub enum System {
+    Baton { url: String },
+    Etcd { url: String },
+    Redis { name: String, url: String },
+    Postgres { conninfo: String },
+}
+
+impl System {
+    pub fn name(&self) -> &str {
+        match self {
+            System::Baton { .. } => "baton",
+            System::Etcd { .. } => "etcd",
+            System::Redis { name, .. } => name,
+            System::Postgres { .. } => "postgres",
+        }
+    }
+
+    /// Whether an acknowledged write survives a crash of the machine.
+    pub fn durable(&self) -> bool {
+        !matches!(self, System::Redis { name, .. } if name != "redis-always")
+    }
+
+    /// One client's connection. `client` numbers the clients of a run.
+    pub async fn connect(&self, client: usize) -> anyhow::Result<Conn> {
+        Ok(match self {
+            System::Baton { url } => Conn::Baton(baton::Conn::connect(url, client)?),
+            System::Etcd { url } => Conn::Etcd(etcd::Conn::connect(url).await?),
+            System::Redis { url, .. } => Conn::Redis(redis::Conn::connect(url, client).await?),
+            System::Postgres { conninfo } => Conn::Pg(postgres::Conn::connect(conninfo).await?),
+        })
+    }
+
+    /// Whether the system has an atomic add (etcd has none).
+    pub fn has_atomic_add(&self) -> bool {
+        !matches!(self, System::Etcd { .. })
+    }
+
+    /// Once per run, before the first workload: tables, and the version.
+    pub async fn setup(&self) -> anyhow::Result<String> {
+        match self {
+            System::Baton { url } => baton::version(url).await,
+            System::Etcd { url } => etcd::version(url).await,
+            System::Redis { url, .. } => redis::version(url).await,
+            System::Postgres { conninfo } => postgres::setup(conninfo).await,
+        }
+    }
+}
+
+/// A lock the client holds, with what it needs to fence and release.
+#[derive(Debug)]
+pub enum Held {
+    Baton {
+        lock_id: u64,
+        fence_token: u64,
+    },
+    /// The owner key etcd's Lock API made (base64): it exists while held.
+    Etcd {
+        owner_key: String,
+    },
+    /// The random token stored in the lock key.
+    Redis {
+        token: String,
+    },
+    Pg {
+        lock_id: i64,
+    },
+}
+
+/// An operation that failed, and whether it was the system refusing (the
+/// lock was lost, a fenced write) or the transport failing.
+#[derive(Debug)]
+pub struct OpError(pub String);
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for OpError {
+    fn from(error: E) -> Self {
+        OpError(error.to_string())
+    }
+}
+
+pub type OpResult<T> = Result<T, OpError>;
+
+/// One client's connection to one system.
+pub enum Conn {
+    Baton(baton::Conn),
+    Etcd(etcd::Conn),
+    Redis(redis::Conn),
+    Pg(postgres::Conn),
+}
+
+impl Conn {
+    /// Blocks (or retries) until `key` is held; `max_wait` bounds it.
+    pub async fn acquire(&mut self, key: &str, max_wait: Duration) -> OpResult<Held> {
+        match self {
+            Conn::Baton(c) => c.acquire(key, max_wait).await,
+            Conn::Etcd(c) => c.acquire(key).await,
+            Conn::Redis(c) => c.acquire(key, max_wait).await,
+            Conn::Pg(c) => c.acquire(key).await,
+        }
+    }
+
+    pub async fn release(&mut self, key: &str, held: Held) -> OpResult<()> {
+        match (self, held) {
+            (Conn::Baton(c), Held::Baton { lock_id, .. }) => c.release(lock_id).await,
+            (Conn::Etcd(c), Held::Etcd { owner_key }) => c.release(&owner_key).await,
+            (Conn::Redis(c), Held::Redis { token }) => c.release(key, &token).await,
+            (Conn::Pg(c), Held::Pg { lock_id }) => c.release(lock_id).await,
+            (_, held) => Err(OpError(format!("{held:?} is not this system's lock"))),
+        }
+    }
+
+    /// Inside the lock: read the counter, write it + 1, fenced where the
+    /// system has fences. Returns the value written.
+    pub async fn increment_under_lock(
+        &mut self,
+        lock_key: &str,
+        held: &Held,
+        counter: &str,
+    ) -> OpResult<i64> {
+        match (self, held) {
+            (Conn::Baton(c), Held::Baton { fence_token, .. }) => {
+                c.increment_fenced(lock_key, *fence_token, counter).await
+            }
+            (Conn::Etcd(c), Held::Etcd { owner_key }) => {
+                c.increment_fenced(owner_key, counter).await
+            }
+            (Conn::Redis(c), _) => c.increment_unfenced(counter).await,
+            (Conn::Pg(c), _) => c.increment_unfenced(counter).await,
+            (_, held) => Err(OpError(format!("{held:?} is not this system's lock"))),
+        }
+    }
+
+    /// Read + compare-and-set until it succeeds; returns the conflicts met.
+    pub async fn cas_increment(&mut self, counter: &str) -> OpResult<u64> {
+        match self {
+            Conn::Baton(c) => c.cas_increment(counter).await,
+            Conn::Etcd(c) => c.cas_increment(counter).await,
+            Conn::Redis(c) => c.cas_increment(counter).await,
+            Conn::Pg(c) => c.cas_increment(counter).await,
+        }
+    }
+
+    /// The system's own atomic add (`counter add`, INCR, `SET v = v + 1`).
+    pub async fn atomic_add(&mut self, counter: &str) -> OpResult<()> {
+        match self {
+            Conn::Baton(c) => c.atomic_add(counter).await,
+            Conn::Etcd(_) => Err(OpError("etcd has no atomic add".into())),
+            Conn::Redis(c) => c.atomic_add(counter).await,
+            Conn::Pg(c) => c.atomic_add(counter).await,
+        }
+    }
+
+    /// A durable write of `value` (256 bytes as stored) to `key`.
+    pub async fn put(&mut self, key: &str, value: &str) -> OpResult<()> {
+        match self {
+            Conn::Baton(c) => c.put(key, value).await,
+            Conn::Etcd(c) => c.put(key, value).await,
+            Conn::Redis(c) => c.put(key, value).await,
+            Conn::Pg(c) => c.put(key, value).await,
+        }
+    }
+
+    /// The counter's value; an absent counter is 0.
+    pub async fn read_counter(&mut self, counter: &str) -> OpResult<i64> {
+        match self {
+            Conn::Baton(c) => c.read_counter(counter).await.map(|(value, _)| value),
+            Conn::Etcd(c) => c.read_counter(counter).await.map(|(value, _)| value),
+            Conn::Redis(c) => c.read_counter(counter).await,
+            Conn::Pg(c) => c.read_counter(counter).await.map(|(value, _)| value),
+        }
+    }
+
+    pub async fn read_value(&mut self, key: &str) -> OpResult<Option<String>> {
+        match self {
+            Conn::Baton(c) => c.read_value(key).await,
+            Conn::Etcd(c) => c.read_value(key).await,
+            Conn::Redis(c) => c.read_value(key).await,
+            Conn::Pg(c) => c.read_value(key).await,
+        }
+    }
+
+    /// Before a counter workload: PostgreSQL needs the row to exist.
+    pub async fn prepare_counter(&mut self, counter: &str) -> OpResult<()> {
+        match self {
+            Conn::Pg(c) => c.prepare_counter(counter).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Gives back what the connection holds server-side (etcd's lease).
+    pub async fn close(self) {
+        if let Conn::Etcd(c) = self {
+            c.close().await;
+        }
+    }
+}
+
+/// The systems by their names on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemName {
+    Baton,
+    Etcd,
+    RedisAlways,
+    RedisEverysec,
+    Postgres,
+}
+
+impl FromStr for SystemName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "baton" => SystemName::Baton,
+            "etcd" => SystemName::Etcd,
+            "redis-always" => SystemName::RedisAlways,
+            "redis-everysec" => SystemName::RedisEverysec,
+            "postgres" => SystemName::Postgres,
+            other => {
+                return Err(format!(
+                    "unknown system {other:?}: use baton, etcd, redis-always, redis-everysec or postgres"
+                ));
+            }
+        })
+    }
+}
+
+/// FNV-1a: a stable 64-bit id for a string (PostgreSQL advisory lock ids).
+pub fn stable_id(text: &str) -> i64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// A small xorshift generator for retry jitter: no dependency needed.
+#[derive(Debug, Clone)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Self {
+        Jitter(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// A duration uniformly in [mean/2, 3·mean/2).
+    pub fn around(&mut self, mean: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let micros = mean.as_micros() as u64;
+        let half = micros / 2;
+        Duration::from_micros(half + self.0 % micros.max(1))
+    }
+}
