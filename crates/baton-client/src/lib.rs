@@ -41,7 +41,8 @@ pub use baton_core::reply::{
 };
 pub use baton_core::{LockMode, Txn};
 pub use request::{
-    ApiRequest, LockRequest, OnceRequest, PatchRequest, PutOptions, RateRequest, encode_key,
+    ApiRequest, LockRequest, OnceRequest, PatchRequest, PutOptions, RateRequest, SemaphoreRequest,
+    encode_key,
 };
 pub use reqwest::Method;
 
@@ -156,7 +157,10 @@ impl Client {
     }
 
     /// Adds `"fence": {key, token}` to mutation bodies: refused with FENCED
-    /// once `token` is no longer the fence of a holder of `key`.
+    /// once `token` is no longer the fence of a holder of `key`. Every
+    /// mutation with a JSON body checks it; the two releases
+    /// ([`Client::lock_release`], [`Client::quota_release`]) take no body on
+    /// the server, so they are not fenced.
     pub fn with_fence(mut self, key: impl Into<String>, token: u64) -> Client {
         self.fence = Some(Fence {
             key: key.into(),
@@ -217,6 +221,16 @@ impl Client {
     /// or the wait ends (CONCURRENT_MODIFICATION with the holders).
     pub async fn lock_acquire(&self, request: &LockRequest) -> Result<LockInfo, Error> {
         self.send(ApiRequest::lock_acquire(request)).await
+    }
+
+    /// Takes permits of a counting semaphore: a shared lock of weight
+    /// `permits` on a key of `capacity` permits, with the same FIFO queue,
+    /// leases, fencing tokens and deadlock detection as any lock. The answer
+    /// is a `LockInfo` with `permits`; release or renew it with
+    /// [`Client::lock_release`] / [`Client::lock_renew`]. All permits taken:
+    /// CONCURRENT_MODIFICATION with the holders (or, with `wait_ms`, a wait).
+    pub async fn semaphore_acquire(&self, request: &SemaphoreRequest) -> Result<LockInfo, Error> {
+        self.send(ApiRequest::semaphore_acquire(request)).await
     }
 
     /// Idempotent: releasing an ended lock says how it ended.

@@ -77,6 +77,46 @@ impl LockRequest {
     }
 }
 
+/// `POST /v1/semaphores`: take `permits` of a counting semaphore of
+/// `capacity` permits on `key`. A semaphore is a shared lock with a weight:
+/// release and renew it with the lock calls, by its `lock_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SemaphoreRequest {
+    pub key: String,
+    /// At least 1, at most `capacity`.
+    pub permits: u64,
+    /// The semaphore's permits in all; every holder and waiter names the same.
+    pub capacity: u64,
+    /// The permits' own lease. Without it they live as long as the session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How long to queue (FIFO) for the permits; 0 answers at once.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub wait_ms: u64,
+}
+
+impl SemaphoreRequest {
+    pub fn new(key: impl Into<String>, permits: u64, capacity: u64) -> SemaphoreRequest {
+        SemaphoreRequest {
+            key: key.into(),
+            permits,
+            capacity,
+            ttl_ms: None,
+            wait_ms: 0,
+        }
+    }
+
+    pub fn ttl_ms(mut self, ttl_ms: u64) -> SemaphoreRequest {
+        self.ttl_ms = Some(ttl_ms);
+        self
+    }
+
+    pub fn wait_ms(mut self, wait_ms: u64) -> SemaphoreRequest {
+        self.wait_ms = wait_ms;
+        self
+    }
+}
+
 /// `POST /v1/rate/take`: take `tokens` from a shared token bucket that
 /// refills `rate_per_sec` tokens a second up to `burst`. The bucket is
 /// created on first use; the latest rate and burst given win.
@@ -259,6 +299,14 @@ impl ApiRequest {
         ApiRequest {
             wait_ms: request.wait_ms,
             ..ApiRequest::new(Method::POST, "/v1/locks".into()).body(body)
+        }
+    }
+
+    pub fn semaphore_acquire(request: &SemaphoreRequest) -> ApiRequest {
+        let body = serde_json::to_value(request).expect("a SemaphoreRequest always serializes");
+        ApiRequest {
+            wait_ms: request.wait_ms,
+            ..ApiRequest::new(Method::POST, "/v1/semaphores".into()).body(body)
         }
     }
 

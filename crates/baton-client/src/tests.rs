@@ -410,3 +410,99 @@ fn a_claim_is_an_item_or_nothing_ready() {
     .unwrap();
     assert!(matches!(empty, QueueClaim::Empty(ref e) if e.in_flight == 2));
 }
+
+#[test]
+fn semaphore_bodies_follow_the_contract() {
+    let request = ApiRequest::semaphore_acquire(
+        &SemaphoreRequest::new("gpu/pool", 2, 3)
+            .ttl_ms(30_000)
+            .wait_ms(10_000),
+    );
+    assert_eq!(
+        (request.method.clone(), request.path.as_str()),
+        (Method::POST, "/v1/semaphores")
+    );
+    assert_eq!(
+        request.wait_ms, 10_000,
+        "the client's timeout covers the wait"
+    );
+    assert_eq!(
+        request.body,
+        Some(
+            json!({"key": "gpu/pool", "permits": 2, "capacity": 3, "ttl_ms": 30000, "wait_ms": 10000})
+        )
+    );
+    assert_eq!(
+        ApiRequest::semaphore_acquire(&SemaphoreRequest::new("gpu/pool", 1, 3)).body,
+        Some(json!({"key": "gpu/pool", "permits": 1, "capacity": 3}))
+    );
+}
+
+/// `with_fence` must reach the body of every mutation the server fences,
+/// next to the body's own fields.
+#[test]
+fn the_fence_goes_into_every_mutation_body() {
+    let client = Client::new("http://127.0.0.1:9", "bot")
+        .unwrap()
+        .with_fence("gpu/pool", 9);
+    let fence = json!({"key": "gpu/pool", "token": 9});
+    let requests = [
+        ApiRequest::quota_set("q/a", 5, false),
+        ApiRequest::quota_reserve("q/a", 1, 1_000),
+        ApiRequest::quota_commit(1, 1),
+        ApiRequest::rate_take(&RateRequest::new("b/a", 1, 1)),
+        ApiRequest::once(&OnceRequest::new("c/a", 1, 10)),
+        ApiRequest::once_fulfil("c/a", 1, &json!(1)),
+        ApiRequest::once_abandon("c/a", 1),
+        ApiRequest::queue_enqueue("q/a", &json!(1), None),
+        ApiRequest::queue_claim("q/a", 1_000),
+        ApiRequest::queue_ack("q/a", 1, 2),
+        ApiRequest::queue_nack("q/a", 1, 2, 0),
+        ApiRequest::semaphore_acquire(&SemaphoreRequest::new("gpu/pool", 1, 3)),
+        ApiRequest::counter_add("c/n", 1, None, None),
+        ApiRequest::kv_delete("c/a", None),
+    ];
+    for request in requests {
+        let sent = client.with_fence_in(request.body.clone()).unwrap();
+        assert_eq!(sent["fence"], fence, "{}", request.path);
+        let mut own = sent.clone();
+        own.as_object_mut().unwrap().remove("fence");
+        assert_eq!(
+            own,
+            request.body.unwrap_or_else(|| json!({})),
+            "{}",
+            request.path
+        );
+    }
+    // Reads never carry it.
+    let plain = Client::new("http://127.0.0.1:9", "bot").unwrap();
+    assert_eq!(plain.with_fence_in(None), None);
+}
+
+#[tokio::test]
+async fn a_semaphore_acquire_sends_its_fence_and_reads_the_permits() {
+    let (url, server) = serve_once(http_response(
+        "200 OK",
+        "application/json",
+        r#"{"ok":true,"result":{"lock_id":7,"status":"held","agent":"bot","keys":["gpu/pool"],"mode":"shared","fence_token":7,"expires_at":100,"permits":2}}"#,
+    ))
+    .await;
+    let client = Client::new(&url, "bot")
+        .unwrap()
+        .with_fence("deploy/prod", 3);
+    let lock = client
+        .semaphore_acquire(&SemaphoreRequest::new("gpu/pool", 2, 3).ttl_ms(30_000))
+        .await
+        .unwrap();
+    assert_eq!((lock.lock_id, lock.permits), (7, Some(2)));
+    let request = server.await.unwrap();
+    assert!(
+        request.starts_with("POST /v1/semaphores HTTP/1.1"),
+        "{request}"
+    );
+    let body: Value = serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"key": "gpu/pool", "permits": 2, "capacity": 3, "ttl_ms": 30000, "fence": {"key": "deploy/prod", "token": 3}})
+    );
+}
