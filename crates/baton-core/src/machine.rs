@@ -167,8 +167,9 @@ pub(crate) struct Ended {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct IdempotencyRecord {
     pub fingerprint: u64,
-    /// The reply; for a request that still waits, its provisional reply.
-    pub reply: Reply,
+    /// The reply as sent (see `Response::Recorded`); for a request that
+    /// still waits, its provisional reply.
+    pub reply: Result<Value, Error>,
     pub time: u64,
     /// The id of the wait this request is in, until its wakeup replaces `reply`.
     #[serde(default)]
@@ -352,7 +353,7 @@ impl StateMachine {
                 // A retry of a request that still waits joins the original wait.
                 if let Some(id) = recorded.waiting {
                     fx.pending = Some(id);
-                    return self.finish(fx, recorded.reply);
+                    return self.finish(fx, recorded.reply.map(Response::Recorded));
                 }
                 let reply = self.replay(recorded.reply);
                 return self.finish(fx, reply);
@@ -394,7 +395,7 @@ impl StateMachine {
                 .and_then(|records| records.get_mut(&key))
                 && record.waiting == Some(wakeup.id)
             {
-                record.reply = wakeup.reply.clone();
+                record.reply = as_recorded(&wakeup.reply);
                 record.waiting = None;
             }
         }
@@ -988,17 +989,16 @@ impl StateMachine {
 
     /// A recorded reply, refreshed where the thing it describes has moved on
     /// (a queued lock that has since been granted).
-    fn replay(&self, recorded: Reply) -> Reply {
-        match recorded {
-            Ok(Response::Lock(info)) => match self.locks.get(&info.lock_id) {
-                Some(lock) => Ok(Response::Lock(self.lock_info(info.lock_id, lock))),
-                None if info.status == LockStatus::Waiting => {
-                    Err(self.gone_error("lock", info.lock_id))
-                }
-                None => Ok(Response::Lock(info)),
-            },
-            other => other,
+    fn replay(&self, recorded: Result<Value, Error>) -> Reply {
+        let value = recorded?;
+        // A lock grant replays as the lock's current state while it lives.
+        if value.get("lock_id").is_some()
+            && let Ok(info) = serde_json::from_value::<LockInfo>(value.clone())
+            && let Some(lock) = self.locks.get(&info.lock_id)
+        {
+            return Ok(Response::Lock(self.lock_info(info.lock_id, lock)));
         }
+        Ok(Response::Recorded(value))
     }
 
     fn record_idempotency(
@@ -1015,7 +1015,7 @@ impl StateMachine {
         }
         let record = IdempotencyRecord {
             fingerprint,
-            reply: reply.clone(),
+            reply: as_recorded(reply),
             time: self.now,
             waiting,
         };
@@ -1111,6 +1111,13 @@ impl StateMachine {
         let held = self.locks.values().filter(|l| l.is_held()).count();
         assert_eq!(held, self.locks_held, "held-lock count drifted");
     }
+}
+
+/// A reply as an idempotency record keeps it: the JSON that was sent.
+fn as_recorded(reply: &Reply) -> Result<Value, Error> {
+    reply
+        .clone()
+        .map(|response| serde_json::to_value(response).expect("responses serialize"))
 }
 
 /// FNV-1a over the request's canonical JSON: what makes "the same request".

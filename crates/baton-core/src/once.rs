@@ -27,6 +27,9 @@ pub(crate) struct Claim {
     /// Also its fencing token: the seq of the command that granted it.
     pub id: u64,
     pub agent: String,
+    /// The claimant's session, if it asked with one.
+    #[serde(default)]
+    pub session: Option<u64>,
     pub ttl_ms: u64,
     pub expires_at: u64,
 }
@@ -42,6 +45,8 @@ pub(crate) struct OnceState {
 pub(crate) struct OnceWaiter {
     pub key: String,
     pub agent: String,
+    #[serde(default)]
+    pub session: Option<u64>,
     pub claim_ttl_ms: u64,
     pub deadline: u64,
 }
@@ -81,12 +86,14 @@ impl StateMachine {
         seq: u64,
         key: &str,
         agent: &str,
+        session: Option<u64>,
         ttl_ms: u64,
         fx: &mut Effects,
     ) -> OnceResult {
         let claim = Claim {
             id: seq,
             agent: agent.to_string(),
+            session,
             ttl_ms,
             expires_at: self.now.saturating_add(ttl_ms),
         };
@@ -137,14 +144,21 @@ impl StateMachine {
                 seq,
                 key,
                 &command.agent,
+                command.session,
                 claim_ttl_ms,
                 fx,
             )));
         };
-        if claim.agent == command.agent {
+        // The same session asking again would wait for itself. Without a
+        // session, two processes of one agent are told apart by nothing, so
+        // the second simply waits like anyone else.
+        if claim.agent == command.agent
+            && claim.session.is_some()
+            && claim.session == command.session
+        {
             return Err(Error::new(
                 ErrorCode::Deadlock,
-                format!("you already hold the refresh claim {} for {key:?}: fulfil or abandon it instead of asking again", claim.id),
+                format!("your session already holds the refresh claim {} for {key:?}: fulfil or abandon it instead of asking again", claim.id),
             )
             .with_details(json!({ "claim_id": claim.id })));
         }
@@ -176,6 +190,7 @@ impl StateMachine {
             OnceWaiter {
                 key: key.to_string(),
                 agent: command.agent.clone(),
+                session: command.session,
                 claim_ttl_ms,
                 deadline,
             },
@@ -295,7 +310,14 @@ impl StateMachine {
                 continue;
             };
             self.set_deadline(Some(waiter.deadline), None, Deadline::OnceWait(id));
-            let result = self.grant_claim(seq, key, &waiter.agent, waiter.claim_ttl_ms, fx);
+            let result = self.grant_claim(
+                seq,
+                key,
+                &waiter.agent,
+                waiter.session,
+                waiter.claim_ttl_ms,
+                fx,
+            );
             fx.wakeups.push(Wakeup {
                 id,
                 reply: Ok(Response::Once(result)),

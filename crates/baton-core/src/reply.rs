@@ -31,6 +31,11 @@ pub enum Response {
     QueueItem(QueueItem),
     QueueEmpty(QueueEmpty),
     QueueSettled(QueueSettled),
+    /// A reply replayed from an idempotency record, as it was sent. Stored
+    /// as plain JSON so that a node restored from a snapshot answers a retry
+    /// byte for byte like the node that recorded it (the untagged variants
+    /// above cannot always be told apart when read back).
+    Recorded(Value),
     /// Tick: nothing to say.
     Empty {},
 }

@@ -145,9 +145,23 @@ fn waits_time_out_and_can_be_cancelled() {
     assert_eq!(error.retry_after_ms, Some(4_000));
     assert_eq!(
         err(&once(&mut h, "a", 0).0).code,
-        ErrorCode::Deadlock,
-        "the claimant asking again is told it holds the claim"
+        ErrorCode::ConcurrentModification,
+        "without a session the claimant's second process cannot be told apart: it is told to wait"
     );
+    // With a session, asking again while holding the claim is a self-deadlock.
+    let session = h.open_session("s", 60_000);
+    let mut ask = Command::new(
+        "s",
+        Op::Once {
+            key: "cred/other".into(),
+            max_age_ms: 1000,
+            claim_ttl_ms: 5_000,
+            wait_ms: 0,
+        },
+    );
+    ask.session = Some(session);
+    assert!(matches!(h.run(ask.clone()), Ok(Response::Once(ref r)) if r.status == "claimed"));
+    assert_eq!(err(&h.run(ask)).code, ErrorCode::Deadlock);
     assert_eq!(
         h.machine.next_deadline(),
         Some(h.time + 4_000),

@@ -670,13 +670,6 @@ impl Client {
                         version: Some(version),
                     })
                 }
-                (None, Some(_)) if sent.attempts > 1 && !crate::fuzz::strict() => {
-                    // Known Baton bug (see `fuzz::strict`): a retry answered
-                    // from a snapshot-restored idempotency record lost the value.
-                    self.recorder
-                        .known_bug("replayed counter reply without its value");
-                    None
-                }
                 _ => {
                     self.unexpected("counter add", &sent.answer);
                     None
@@ -759,9 +752,6 @@ impl Client {
                             version: Some(version),
                         });
                     }
-                    (None, _) if sent.attempts > 1 && !crate::fuzz::strict() => self
-                        .recorder
-                        .known_bug("replayed txn counter result without its value"),
                     _ => self.unexpected("transfer txn", &sent.answer),
                 }
             }

@@ -1,9 +1,8 @@
-//! Baton bugs this crate found, as failing tests. They are ignored so that CI
-//! stays green until they are fixed; run them with
-//! `cargo test -p baton-jepsen --test known_bugs -- --ignored`, and un-ignore
-//! each one (and drop its tolerance in `baton_jepsen::fuzz::strict`) with its fix.
+//! Baton bugs this crate found, kept as regression tests now that they are fixed.
 
-use baton_core::{Command, ErrorCode, Limits, LockAcquire, LockMode, Op, StateMachine, Txn, TxnOp};
+use baton_core::{
+    Command, ErrorCode, Limits, LockAcquire, LockMode, Op, StateMachine, Txn, TxnOp, envelope,
+};
 
 fn counter_add(key: &str, delta: i64) -> Op {
     Op::CounterAdd {
@@ -22,27 +21,26 @@ fn counter_add(key: &str, delta: i64) -> Op {
 /// `WriteResult` without the value. A node restored from a snapshot then
 /// answers an idempotent retry differently from one that replayed the log.
 #[test]
-#[ignore = "baton-core bug: untagged Response/TxnOpResult turn a recorded CounterResult into a WriteResult on snapshot restore"]
 fn an_idempotent_counter_add_replays_the_same_reply_after_a_snapshot_restore() {
     let mut machine = StateMachine::new(Limits::default());
     let add = Command::new("agent", counter_add("c/x", 5)).with_idempotency_key("add-once");
     let first = machine.apply(1, 1_000, &add).reply;
     assert_eq!(
-        machine.apply(2, 1_001, &add).reply,
-        first,
+        envelope(&machine.apply(2, 1_001, &add).reply),
+        envelope(&first),
         "a replay from memory is exact"
     );
 
     let mut restored = StateMachine::restore(&machine.snapshot(), Limits::default()).unwrap();
     let replay = restored.apply(3, 1_002, &add).reply;
     assert_eq!(
-        replay, first,
+        envelope(&replay),
+        envelope(&first),
         "the same retry after a restart from a snapshot"
     );
 }
 
 #[test]
-#[ignore = "baton-core bug: untagged TxnOpResult turns a recorded counter result into a write result on snapshot restore"]
 fn an_idempotent_txn_with_counters_replays_the_same_reply_after_a_snapshot_restore() {
     let mut machine = StateMachine::new(Limits::default());
     let txn = Op::Txn(Txn {
@@ -58,7 +56,10 @@ fn an_idempotent_txn_with_counters_replays_the_same_reply_after_a_snapshot_resto
     let command = Command::new("agent", txn).with_idempotency_key("txn-once");
     let first = machine.apply(1, 1_000, &command).reply;
     let mut restored = StateMachine::restore(&machine.snapshot(), Limits::default()).unwrap();
-    assert_eq!(restored.apply(2, 1_001, &command).reply, first);
+    assert_eq!(
+        envelope(&restored.apply(2, 1_001, &command).reply),
+        envelope(&first)
+    );
 }
 
 /// Found by the crash workload: a lock request that queued, whose client lost
