@@ -542,6 +542,8 @@ fn every_client_command_has_an_example_in_its_help() {
         &["queue", "ack"],
         &["queue", "nack"],
         &["queue", "status"],
+        &["semaphore", "acquire"],
+        &["semaphore", "status"],
         &["serve"],
     ];
     for command in commands {

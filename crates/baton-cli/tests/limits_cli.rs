@@ -1,9 +1,9 @@
-//! `baton quota`, `rate`, `once` and `queue` end to end against a real
-//! `baton serve`: each subcommand's JSON shape and exit code, refusals with
-//! retry_after_ms (exit 9), bad arguments (exit 2), and many concurrent
+//! `baton quota`, `rate`, `once`, `queue` and `semaphore` end to end against
+//! a real `baton serve`: each subcommand's JSON shape and exit code, refusals
+//! with retry_after_ms (exit 9), bad arguments (exit 2), and many concurrent
 //! processes: one refresh shared by 16 `once run`s, 16 reservations racing
-//! for a capacity that fits 6, 16 workers claiming 10 items. Waits are
-//! bounded (server_support).
+//! for a capacity that fits 6, 16 workers claiming 10 items, 8 acquires of a
+//! 3-permit semaphore. Waits are bounded (server_support).
 
 mod server_support;
 
@@ -210,6 +210,20 @@ fn rate_take_refuses_with_the_exact_retry_and_status_shows_who_spends() {
     server
         .run(&["rate", "status", "api/never"])
         .err("NOT_FOUND", 3);
+    // A take fenced by a lock nobody holds is refused, and takes nothing.
+    server
+        .run(&[
+            "rate",
+            "take",
+            "api/fast",
+            "--rate",
+            "100",
+            "--burst",
+            "10",
+            "--fence",
+            "deploy/none:1",
+        ])
+        .err("FENCED", 7);
     // More than the burst could never be granted.
     server
         .run(&[
@@ -269,10 +283,26 @@ fn once_get_fulfil_and_abandon() {
     assert!(claim["expires_at"].as_u64().is_some(), "{claim}");
     let claim_id = u64_of(&claim["claim_id"]).to_string();
 
-    // Another agent, no wait: exit 6 with retry_after_ms. The claimant asking again: exit 8.
+    // Another agent, no wait: exit 6 with retry_after_ms. So is another
+    // process of the claimant's agent without a session: nothing tells it
+    // apart from the claimant, so it waits like anyone else.
     let busy = as_agent(&server, "other", &fresh_args);
     assert!(u64_of(&busy.err("CONCURRENT_MODIFICATION", 6)["retry_after_ms"]) > 0);
-    server.run(&fresh_args).err("DEADLOCK", 8);
+    server.run(&fresh_args).err("CONCURRENT_MODIFICATION", 6);
+    // The claimant's own session asking again would wait for itself: exit 8.
+    let session = server.run(&["session", "open", "--ttl", "30s"]);
+    let session = u64_of(&session.ok()["session_id"]).to_string();
+    let in_session = [
+        "once",
+        "get",
+        "cred/session",
+        "--max-age",
+        "10m",
+        "--session",
+        &session,
+    ];
+    assert_eq!(server.run(&in_session).ok()["status"], "claimed");
+    server.run(&in_session).err("DEADLOCK", 8);
     // Only the claimant publishes.
     as_agent(
         &server,
@@ -816,4 +846,140 @@ fn concurrent_workers_never_claim_one_item_twice() {
     }
     assert_eq!(items, (0..10).collect());
     assert_eq!(empty, 6);
+}
+
+#[test]
+fn a_semaphore_grants_at_most_its_capacity_and_a_release_lets_a_waiter_in() {
+    let server = Server::start();
+    let acquire = [
+        "semaphore",
+        "acquire",
+        "gpu/pool",
+        "--permits",
+        "1",
+        "--capacity",
+        "3",
+        "--ttl",
+        "30s",
+    ];
+    // 8 agents at once, no wait: exactly 3 get a permit, 5 exit 6.
+    let replies = run_all(
+        (0..8)
+            .map(|i| {
+                let mut command = server.baton();
+                command
+                    .env("BATON_AGENT", format!("worker-{i}"))
+                    .args(acquire);
+                command
+            })
+            .collect(),
+    );
+    let mut granted = Vec::new();
+    for (i, reply) in replies.iter().enumerate() {
+        if reply.code == 0 {
+            let lock = reply.ok();
+            assert_eq!(lock["status"], "held", "{lock}");
+            assert_eq!(lock["permits"], 1, "{lock}");
+            assert_eq!(lock["keys"], json!(["gpu/pool"]), "{lock}");
+            assert_eq!(lock["agent"], format!("worker-{i}"), "{lock}");
+            granted.push((i, u64_of(&lock["lock_id"]), u64_of(&lock["fence_token"])));
+        } else {
+            let error = reply.err("CONCURRENT_MODIFICATION", 6);
+            assert!(u64_of(&error["retry_after_ms"]) > 0, "{error}");
+        }
+    }
+    assert_eq!(granted.len(), 3, "{replies:?}");
+    let tokens: BTreeSet<u64> = granted.iter().map(|g| g.2).collect();
+    assert_eq!(tokens.len(), 3, "every grant has its own fence token");
+
+    let status = server.run(&["semaphore", "status", "gpu/pool"]);
+    let info = status.ok();
+    assert_eq!(info["capacity"], 3, "{info}");
+    assert_eq!(info["permits_held"], 3, "{info}");
+    assert_eq!(info["holders"].as_array().unwrap().len(), 3, "{info}");
+
+    // A waiting acquire queues; releasing one permit lets it in.
+    let mut waiter = server.baton();
+    waiter
+        .env("BATON_AGENT", "waiter")
+        .args(acquire)
+        .args(["--wait", "30s"]);
+    let waiter = thread::spawn(move || Reply::of(&mut waiter));
+    let started = Instant::now();
+    loop {
+        let status = server.run(&["semaphore", "status", "gpu/pool"]);
+        if status.ok()["waiters"]
+            .as_array()
+            .is_some_and(|w| w.len() == 1)
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never queued");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (holder, lock_id, _) = granted[0];
+    let released = as_agent(
+        &server,
+        &format!("worker-{holder}"),
+        &["lock", "release", &lock_id.to_string()],
+    );
+    assert_eq!(released.ok()["released"], true);
+    let waited = waiter.join().unwrap();
+    let lock = waited.ok();
+    assert_eq!(lock["status"], "held", "{lock}");
+    assert_eq!(lock["permits"], 1, "{lock}");
+    assert!(
+        u64_of(&lock["fence_token"]) > *tokens.last().unwrap(),
+        "{lock}"
+    );
+    let status = server.run(&["semaphore", "status", "gpu/pool"]);
+    assert_eq!(status.ok()["permits_held"], 3);
+    assert_eq!(status.ok()["waiters"], json!([]));
+
+    // For people: permits held of the capacity, then who holds them.
+    let text = Reply::of(server.baton().env("BATON_OUTPUT", "text").args([
+        "semaphore",
+        "status",
+        "gpu/pool",
+    ]));
+    assert!(
+        text.stdout
+            .starts_with("semaphore gpu/pool: 3 of 3 permits held, 0 free, 0 waiting\nLOCK"),
+        "{text:?}"
+    );
+
+    // Bad asks: more permits than the capacity, another capacity while in use.
+    server
+        .run(&[
+            "semaphore",
+            "acquire",
+            "gpu/other",
+            "--permits",
+            "4",
+            "--capacity",
+            "3",
+            "--ttl",
+            "30s",
+        ])
+        .err("INVALID_ARGUMENT", 2);
+    let other_capacity = as_agent(
+        &server,
+        "late",
+        &[
+            "semaphore",
+            "acquire",
+            "gpu/pool",
+            "--capacity",
+            "5",
+            "--ttl",
+            "30s",
+        ],
+    );
+    assert!(
+        other_capacity.err("INVALID_ARGUMENT", 2)["message"]
+            .as_str()
+            .unwrap()
+            .contains("capacity"),
+        "{other_capacity:?}"
+    );
 }

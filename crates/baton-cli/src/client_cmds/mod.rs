@@ -11,6 +11,7 @@ mod queue;
 mod quota;
 mod rate;
 mod run;
+mod semaphore;
 mod session;
 mod text;
 
@@ -52,6 +53,8 @@ pub enum ClientCommand {
     Once(once::OnceArgs),
     /// Work queues: enqueue, claim with a visibility timeout, ack or nack
     Queue(queue::QueueArgs),
+    /// Counting semaphores: take N of C permits; release with `baton lock release`
+    Semaphore(semaphore::SemaphoreArgs),
 }
 
 /// Runs one client subcommand and returns the process exit code.
@@ -70,6 +73,7 @@ pub fn run(command: ClientCommand, mode: OutputMode) -> i32 {
         ClientCommand::Rate(args) => rate::run(args, mode),
         ClientCommand::Once(args) => once::run(args, mode),
         ClientCommand::Queue(args) => queue::run(args, mode),
+        ClientCommand::Semaphore(args) => semaphore::run(args, mode),
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::run::{Signals, Target, sleep_until_some, status_code};
-use super::{ConnArgs, RetryArgs, Spinner, block_on, call, json_arg, parse_duration_ms, text};
+use super::{ConnArgs, Spinner, WriteArgs, block_on, call, json_arg, parse_duration_ms, text};
 use crate::output::{OutputMode, emit, value_text};
 
 /// The most of a refresh command's stdout that `once run` keeps: past it the
@@ -77,7 +77,8 @@ Example:
 Answers status fresh with the value, or status claimed with a claim_id: then
 refresh the value and publish it with `baton once fulfil KEY CLAIM_ID VALUE`
 (or give up with `baton once abandon KEY CLAIM_ID`). Exit 6 if another agent
-was still refreshing when --wait ended; exit 8 if you hold the claim already.")]
+was still refreshing when --wait ended; exit 8 if your session (--session)
+holds the claim already.")]
     Get {
         /// The key holding the value, as namespace/name
         key: String,
@@ -100,7 +101,7 @@ Examples:
         /// The new value as JSON (strings in quotes: '\"text\"'); - reads stdin
         value: String,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Give up your claim without a value; the next waiter gets it
     #[command(after_help = "Example:\n  baton once abandon cred/token 42")]
@@ -110,7 +111,7 @@ Examples:
         /// The claim_id from `baton once get`
         claim_id: u64,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Print the fresh value; if it is stale and the claim is yours, run COMMAND and publish its output
     Run(RunArgs),
@@ -174,11 +175,11 @@ pub fn run(args: OnceArgs, mode: OutputMode) -> i32 {
             key,
             claim_id,
             value,
-            retry,
+            write,
         } => {
             let request = json_arg("value", Some(value), false)
                 .map(|value| ApiRequest::once_fulfil(key, *claim_id, &value));
-            call(mode, conn, Some(&retry.write()), request, |v| {
+            call(mode, conn, Some(write), request, |v| {
                 text::typed(v, |r: OnceResult| {
                     format!(
                         "{key}: published version {}; waiters have it",
@@ -190,11 +191,11 @@ pub fn run(args: OnceArgs, mode: OutputMode) -> i32 {
         OnceCommand::Abandon {
             key,
             claim_id,
-            retry,
+            write,
         } => call(
             mode,
             conn,
-            Some(&retry.write()),
+            Some(write),
             Ok(ApiRequest::once_abandon(key, *claim_id)),
             |_| format!("claim {claim_id} on {key} abandoned; the next waiter refreshes"),
         ),

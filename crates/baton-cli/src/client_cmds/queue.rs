@@ -7,7 +7,7 @@ use baton_client::{EnqueueResult, QueueClaim, QueueSettled, QueueStatus};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{ConnArgs, RetryArgs, WriteArgs, call, json_arg, parse_duration_ms, text};
+use super::{ConnArgs, WriteArgs, call, json_arg, parse_duration_ms, text};
 use crate::output::{OutputMode, value_text};
 
 #[derive(Debug, Args)]
@@ -62,7 +62,7 @@ empty: true and how many items are in flight or delayed.")]
         #[arg(long, default_value = "30s", value_parser = parse_duration_ms, value_name = "DURATION")]
         visibility: u64,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Done with a claimed item: it leaves the queue; exit 7 if the claim ran out
     #[command(after_help = "Example:\n  baton queue ack jobs/mail 7 42")]
@@ -74,7 +74,7 @@ empty: true and how many items are in flight or delayed.")]
         /// The claim_token from `claim`
         claim_token: u64,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Give a claimed item back (after --delay); dead-lettered after its max attempts
     #[command(after_help = "\
@@ -92,7 +92,7 @@ Examples:
         #[arg(long, default_value = "0", value_parser = parse_duration_ms, value_name = "DURATION")]
         delay: u64,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Ready, in flight, delayed and dead-lettered items, the oldest's age, the dead letters
     #[command(after_help = "Example:\n  baton queue status jobs/mail")]
@@ -131,11 +131,11 @@ pub fn run(args: QueueArgs, mode: OutputMode) -> i32 {
         QueueCommand::Claim {
             queue,
             visibility,
-            retry,
+            write,
         } => call(
             mode,
             conn,
-            Some(&retry.write()),
+            Some(write),
             Ok(ApiRequest::queue_claim(queue, *visibility)),
             |v| text::typed(v, claim_text),
         ),
@@ -143,11 +143,11 @@ pub fn run(args: QueueArgs, mode: OutputMode) -> i32 {
             queue,
             item_id,
             claim_token,
-            retry,
+            write,
         } => call(
             mode,
             conn,
-            Some(&retry.write()),
+            Some(write),
             Ok(ApiRequest::queue_ack(queue, *item_id, *claim_token)),
             settled,
         ),
@@ -156,11 +156,11 @@ pub fn run(args: QueueArgs, mode: OutputMode) -> i32 {
             item_id,
             claim_token,
             delay,
-            retry,
+            write,
         } => call(
             mode,
             conn,
-            Some(&retry.write()),
+            Some(write),
             Ok(ApiRequest::queue_nack(
                 queue,
                 *item_id,

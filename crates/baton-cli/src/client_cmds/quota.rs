@@ -44,7 +44,7 @@ Examples:
         #[arg(long)]
         reset_used: bool,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Show capacity, committed use, reserved and available
     #[command(after_help = "Example:\n  baton quota get gpu/hours")]
@@ -78,7 +78,7 @@ either, the amount returns to the pool when the TTL ends.")]
         /// How much was actually spent
         actual: u64,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// Return a whole reservation to the pool; releasing twice is fine
     #[command(after_help = "Example:\n  baton quota release 42")]
@@ -98,11 +98,11 @@ pub fn run(args: QuotaArgs, mode: OutputMode) -> i32 {
             quota,
             capacity,
             reset_used,
-            retry,
+            write,
         } => call(
             mode,
             conn,
-            Some(&retry.write()),
+            Some(write),
             Ok(ApiRequest::quota_set(quota, *capacity, *reset_used)),
             |v| text::typed(v, |q: QuotaInfo| quota_text(&q)),
         ),
@@ -126,11 +126,11 @@ pub fn run(args: QuotaArgs, mode: OutputMode) -> i32 {
         QuotaCommand::Commit {
             reservation_id,
             actual,
-            retry,
+            write,
         } => call(
             mode,
             conn,
-            Some(&retry.write()),
+            Some(write),
             Ok(ApiRequest::quota_commit(*reservation_id, *actual)),
             settled,
         ),

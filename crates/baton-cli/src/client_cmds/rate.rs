@@ -4,7 +4,7 @@
 use baton_client::{ApiRequest, BucketInfo, RateRequest, RateResult};
 use clap::{Args, Subcommand};
 
-use super::{ConnArgs, RetryArgs, Spinner, answer, call, parse_duration_ms, text};
+use super::{ConnArgs, Spinner, WriteArgs, answer, call, parse_duration_ms, text};
 use crate::output::{OutputMode, emit};
 
 #[derive(Debug, Args)]
@@ -53,7 +53,7 @@ retry_after_ms if the tokens were still not there when the wait ended.")]
         #[arg(long, default_value = "0", value_parser = parse_duration_ms, value_name = "DURATION")]
         wait: u64,
         #[command(flatten)]
-        retry: RetryArgs,
+        write: WriteArgs,
     },
     /// A bucket's tokens now and how many each agent has taken (largest first)
     #[command(after_help = "Example:\n  baton rate status api/openai")]
@@ -71,7 +71,7 @@ pub fn run(args: RateArgs, mode: OutputMode) -> i32 {
             rate_per_sec,
             burst,
             wait,
-            retry,
+            write,
         } => {
             let request = RateRequest::new(&bucket, rate_per_sec, burst)
                 .tokens(tokens)
@@ -85,11 +85,7 @@ pub fn run(args: RateArgs, mode: OutputMode) -> i32 {
                     ),
                 )
             });
-            let reply = answer(
-                &args.conn,
-                Some(&retry.write()),
-                ApiRequest::rate_take(&request),
-            );
+            let reply = answer(&args.conn, Some(&write), ApiRequest::rate_take(&request));
             drop(spinner);
             emit(mode, &reply, |v| text::typed(v, take_text))
         }

@@ -51,8 +51,13 @@ pub fn lock(info: &LockInfo) -> String {
         baton_core::LockStatus::Held => "held",
         baton_core::LockStatus::Waiting => "waiting",
     };
+    let permits = match info.permits {
+        Some(1) => ", 1 permit".to_string(),
+        Some(n) => format!(", {n} permits"),
+        None => String::new(),
+    };
     let mut out = format!(
-        "lock {} {status}: {} ({})",
+        "lock {} {status}: {} ({}{permits})",
         info.lock_id,
         info.keys.join(", "),
         mode(info.mode)
@@ -208,6 +213,19 @@ mod tests {
         assert_eq!(
             lock(&info),
             "lock 5 held: inv/a, inv/b (exclusive), fence 17, expires 1970-01-01T00:00:00.000Z, agent \"bot\""
+        );
+    }
+
+    #[test]
+    fn semaphore_grants_show_their_permits() {
+        let info: LockInfo = serde_json::from_value(json!({
+            "lock_id": 6, "status": "held", "agent": "bot", "keys": ["gpu/pool"],
+            "mode": "shared", "fence_token": 6, "permits": 2
+        }))
+        .unwrap();
+        assert_eq!(
+            lock(&info),
+            "lock 6 held: gpu/pool (shared, 2 permits), fence 6, agent \"bot\""
         );
     }
 
