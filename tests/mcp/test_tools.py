@@ -34,6 +34,22 @@ EXPECTED_TOOLS = {
     "counter_add",
     "events_recent",
     "held",
+    "semaphore_acquire",
+    "quota_set",
+    "quota_get",
+    "quota_reserve",
+    "quota_commit",
+    "quota_release",
+    "rate_take",
+    "rate_status",
+    "once_get",
+    "once_fulfil",
+    "once_abandon",
+    "queue_enqueue",
+    "queue_claim",
+    "queue_ack",
+    "queue_nack",
+    "queue_status",
 }
 
 

@@ -13,9 +13,14 @@ Take every key one piece of work needs in ONE lock_acquire call.
 2. Optimistic update, no lock: state_get -> value, version; compute; state_put(if_version=version) or state_patch(if_version=version). \
 On CONCURRENT_MODIFICATION re-read and redo the change (never resend the same write).
 3. Counters: counter_add (atomic; min/max bounds) instead of read-modify-write.
+4. Shared limits: quota_reserve before a costly call, then quota_commit the actual spend; rate_take before each call to a rate-limited API; \
+semaphore_acquire a permit before using one of N shared slots, lock_release it after.
+5. Shared credential: once_get before refreshing it; refresh ONLY if you got status=claimed, then once_fulfil (FENCED -> your claim expired: do not publish).
+6. Queues: queue_claim -> work -> queue_ack with the claim_token (FENCED on ack -> your claim expired and the item was redelivered: do not repeat side effects).
 
 Errors: CONCURRENT_MODIFICATION -> re-read and redo, or wait retry_after_ms for a lock; FENCED -> you no longer hold the lock: stop writing, acquire again, re-read; \
-DEADLOCK -> release and take all keys in one call; UNAVAILABLE -> Baton is not reachable (start it with `baton serve`).
+DEADLOCK -> release and take all keys in one call; QUOTA_EXCEEDED / RATE_LIMITED -> do not make the call: wait retry_after_ms; \
+UNAVAILABLE -> Baton is not reachable (start it with `baton serve`).
 
 Your session lives as long as this MCP connection; locks without ttl_ms end with it. \
 If a result starts with LEASE LOST, a lock or your session ended: stop writing under it, acquire again and re-read. \
@@ -48,6 +53,30 @@ Use it for a quick change to one key; no lock needed.
 ## Counters and pools
 `counter_add {\"key\", \"delta\": 1}` is atomic: no read-modify-write, no lost increment. With `min`/`max` it refuses (QUOTA_EXCEEDED) rather than cross a bound: `delta: -1, min: 0` takes a slot from a pool only if one is free.
 
+## Shared quotas: reserve before a costly call, commit the actual after
+1. `quota_reserve {\"quota\": \"llm/tokens-per-day\", \"amount\": 4000, \"ttl_ms\": 300000}` -> `reservation_id` (the most the call may spend).
+2. Make the costly call only if the reservation succeeded. QUOTA_EXCEEDED: do not make it; wait `retry_after_ms` and reserve again, or reserve less.
+3. `quota_commit {\"reservation_id\", \"actual\": 3120}` with what it really spent (the rest returns), or `quota_release` if it spent nothing.
+
+## Shared rate limits: take before calling
+`rate_take {\"bucket\": \"api/openai\", \"rate_per_sec\": 50, \"burst\": 10}` before EACH call to the API; every agent uses the same bucket, rate and burst.
+RATE_LIMITED: do not call yet; wait `retry_after_ms` (exact) and take again, or pass `wait_ms` to queue for the tokens.
+
+## Pools of N slots: semaphores
+`semaphore_acquire {\"key\": \"gpu/pool\", \"capacity\": 3}` -> `lock_id` before using one of 3 GPUs; `lock_release {\"lock_id\"}` right after.
+CONCURRENT_MODIFICATION: no permit free; wait `retry_after_ms` or pass `wait_ms`.
+
+## A shared credential: refresh once, not once per agent
+1. `once_get {\"key\": \"cred/token\", \"max_age_ms\": 600000, \"wait_ms\": 20000}` before using or refreshing it.
+2. `status: fresh` -> use `value`. `status: claimed` -> you alone refresh it: get the new credential, then
+   `once_fulfil {\"key\": \"cred/token\", \"claim_id\", \"value\"}`; the waiting agents get it. If the refresh fails, `once_abandon`.
+3. Never refresh without the claim. FENCED on once_fulfil: your claim expired and someone else may have refreshed: do not publish or use your value; once_get again.
+
+## Work queues: one worker per item
+`queue_enqueue {\"queue\", \"item\"}` hands work over. A worker: `queue_claim {\"queue\", \"visibility_ms\"}` -> `item_id`, `claim_token`, `item`;
+do the work; `queue_ack {\"queue\", \"item_id\", \"claim_token\"}` (or `queue_nack` to give it back).
+FENCED on ack: your claim expired and the item was redelivered to another worker: do not repeat its side effects. `attempt` > 1 on a claim: an earlier worker may have done part of it.
+
 ## Several keys at once
 `state_txn` runs `success` ops only if every compare holds, else `failure` ops; all or nothing.
 
@@ -63,9 +92,10 @@ Stop writing under it, acquire the lock again, re-read the state, and redo the w
 | code | meaning | do |
 |---|---|---|
 | CONCURRENT_MODIFICATION | version conflict, or the lock is held by someone else | re-read and redo; for a lock wait `retry_after_ms` or pass `wait_ms` |
-| FENCED | your lock, fence or session is no longer current | stop writing; acquire again; re-read |
+| FENCED | your lock, fence, session, claim or reservation is no longer current | stop writing; acquire again; re-read; never repeat a redelivered item's side effects |
 | DEADLOCK | waiting would close a cycle | release, then take all keys in one call |
-| QUOTA_EXCEEDED | a counter bound would be crossed | take less or wait |
+| QUOTA_EXCEEDED | a counter bound or a quota would be crossed | do not make the costly call; take less or wait `retry_after_ms` |
+| RATE_LIMITED | the shared rate limit has no tokens now | do not call the API yet; wait `retry_after_ms` or pass `wait_ms` |
 | NOT_FOUND | no such key, lock or session | check the name; create the key |
 | INVALID_ARGUMENT | bad input; the message names the field | fix the field; nothing was applied |
 | UNAVAILABLE | Baton is not reachable or cannot write | start `baton serve`; retry with the same idempotency_key |

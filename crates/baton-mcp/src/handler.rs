@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use baton_client::{Client, LockRequest, LockState, PatchRequest, PutOptions, Txn};
+use baton_client::{
+    BucketInfo, Client, LockRequest, LockState, OnceRequest, OnceResult, PatchRequest, PutOptions,
+    QueueClaim, QuotaInfo, RateRequest, SemaphoreRequest, SettleResult, Txn,
+};
 use baton_core::reply::{EndReason, LockStatus};
 use baton_core::{Error, ErrorCode};
 use rmcp::model::{
@@ -89,6 +92,22 @@ impl BatonMcp {
             "state_history" => self.state_history(parse(args, limits)?).await,
             "state_txn" => self.state_txn(parse(args, limits)?).await,
             "counter_add" => self.counter_add(parse(args, limits)?).await,
+            "semaphore_acquire" => self.semaphore_acquire(parse(args, limits)?).await,
+            "quota_set" => self.quota_set(parse(args, limits)?).await,
+            "quota_get" => self.quota_get(parse(args, limits)?).await,
+            "quota_reserve" => self.quota_reserve(parse(args, limits)?).await,
+            "quota_commit" => self.quota_commit(parse(args, limits)?).await,
+            "quota_release" => self.quota_release(parse(args, limits)?).await,
+            "rate_take" => self.rate_take(parse(args, limits)?).await,
+            "rate_status" => self.rate_status(parse(args, limits)?).await,
+            "once_get" => self.once_get(parse(args, limits)?).await,
+            "once_fulfil" => self.once_fulfil(parse(args, limits)?).await,
+            "once_abandon" => self.once_abandon(parse(args, limits)?).await,
+            "queue_enqueue" => self.queue_enqueue(parse(args, limits)?).await,
+            "queue_claim" => self.queue_claim(parse(args, limits)?).await,
+            "queue_ack" => self.queue_ack(parse(args, limits)?).await,
+            "queue_nack" => self.queue_nack(parse(args, limits)?).await,
+            "queue_status" => self.queue_status(parse(args, limits)?).await,
             "events_recent" => self.events_recent(parse(args, limits)?).await,
             "held" => {
                 parse::<NoArgs>(args, limits)?;
@@ -469,6 +488,228 @@ impl BatonMcp {
         Done::new(counter, summary)
     }
 
+    // ---- semaphores ----
+
+    async fn semaphore_acquire(&self, args: SemaphoreAcquireArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let mut request =
+            SemaphoreRequest::new(&args.key, args.permits, args.capacity).wait_ms(args.wait_ms);
+        if let Some(ttl_ms) = args.ttl_ms {
+            request = request.ttl_ms(ttl_ms);
+        }
+        let info = client.semaphore_acquire(&request).await?;
+        let permits = info.permits.unwrap_or(args.permits);
+        let summary = if info.status == LockStatus::Held {
+            let lock = HeldLock::from_info(&info, args.ttl_ms.is_some());
+            let renew = if lock.own_ttl {
+                " It has its own TTL: lock_renew it before it expires."
+            } else {
+                " It lasts as long as this connection."
+            };
+            let text = format!(
+                "Holding {permits} of {} permit(s) of {:?} as lock {} (fence_token {}).{renew} Give the permits back with lock_release {{\"lock_id\": {}}} as soon as you are done.",
+                args.capacity,
+                args.key,
+                info.lock_id,
+                info.fence_token
+                    .map_or("none".to_string(), |t| t.to_string()),
+                info.lock_id
+            );
+            self.connection.track_lock(lock);
+            text
+        } else {
+            format!(
+                "Lock {} for {permits} permit(s) of {:?} is queued, not held yet; do not use the slot.",
+                info.lock_id, args.key
+            )
+        };
+        Done::new(info, summary)
+    }
+
+    // ---- quotas ----
+
+    async fn quota_set(&self, args: QuotaSetArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let quota = client
+            .quota_set(&args.quota, args.capacity, args.reset_used)
+            .await?;
+        let summary = quota_summary(&quota);
+        Done::new(quota, summary)
+    }
+
+    async fn quota_get(&self, args: QuotaArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let quota = client.quota_get(&args.quota).await?;
+        let summary = quota_summary(&quota);
+        Done::new(quota, summary)
+    }
+
+    async fn quota_reserve(&self, args: QuotaReserveArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let reservation = client
+            .quota_reserve(&args.quota, args.amount, args.ttl_ms)
+            .await?;
+        let summary = format!(
+            "Reserved {} of {:?} (reservation {}; {} left for others). Make the call now, then quota_commit {{\"reservation_id\": {}, \"actual\": <what it spent>}}, or quota_release it if you spent nothing; unsettled, it returns to the pool at expires_at.",
+            reservation.amount,
+            reservation.quota,
+            reservation.reservation_id,
+            reservation.available,
+            reservation.reservation_id
+        );
+        Done::new(reservation, summary)
+    }
+
+    async fn quota_commit(&self, args: QuotaCommitArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let settled = client
+            .quota_commit(args.reservation_id, args.actual)
+            .await?;
+        let summary = settle_summary(&settled);
+        Done::new(settled, summary)
+    }
+
+    async fn quota_release(&self, args: QuotaReleaseArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let settled = client.quota_release(args.reservation_id).await?;
+        let summary = settle_summary(&settled);
+        Done::new(settled, summary)
+    }
+
+    // ---- rate limits ----
+
+    async fn rate_take(&self, args: RateTakeArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let request = RateRequest::new(&args.bucket, args.rate_per_sec, args.burst)
+            .tokens(args.tokens)
+            .wait_ms(args.wait_ms);
+        let taken = client.rate_take(&request).await?;
+        let summary = format!(
+            "Took {} token(s) from {:?} ({} left): make the call now.",
+            taken.taken, taken.bucket, taken.remaining
+        );
+        Done::new(taken, summary)
+    }
+
+    async fn rate_status(&self, args: BucketArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let bucket = client.bucket(&args.bucket).await?;
+        let summary = bucket_summary(&bucket);
+        Done::new(bucket, summary)
+    }
+
+    // ---- once (single-flight refresh) ----
+
+    async fn once_get(&self, args: OnceGetArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let request =
+            OnceRequest::new(&args.key, args.max_age_ms, args.claim_ttl_ms).wait_ms(args.wait_ms);
+        let once = client.once(&request).await?;
+        let summary = once_summary(&once);
+        Done::new(once, summary)
+    }
+
+    async fn once_fulfil(&self, args: OnceFulfilArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let once = client
+            .once_fulfil(&args.key, args.claim_id, &args.value)
+            .await?;
+        let summary = format!(
+            "Published {:?} (version {}): every agent waiting in once_get has it now.",
+            once.key,
+            once.version.unwrap_or_default()
+        );
+        Done::new(once, summary)
+    }
+
+    async fn once_abandon(&self, args: OnceAbandonArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        client.once_abandon(&args.key, args.claim_id).await?;
+        let summary = format!(
+            "Gave up claim {} on {:?}: the next waiting agent gets the claim.",
+            args.claim_id, args.key
+        );
+        Done::new(json!({}), summary)
+    }
+
+    // ---- queues ----
+
+    async fn queue_enqueue(&self, args: QueueEnqueueArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let enqueued = client
+            .queue_enqueue(&args.queue, &args.item, args.max_attempts)
+            .await?;
+        let summary = format!(
+            "Enqueued item {} on {:?} ({} ready).",
+            enqueued.item_id, enqueued.queue, enqueued.depth
+        );
+        Done::new(enqueued, summary)
+    }
+
+    async fn queue_claim(&self, args: QueueClaimArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let claim = client.queue_claim(&args.queue, args.visibility_ms).await?;
+        let summary = match &claim {
+            QueueClaim::Item(item) => {
+                let retry = if item.attempt > 1 {
+                    " An earlier delivery did not finish: check whether its side effects already happened before repeating them."
+                } else {
+                    ""
+                };
+                format!(
+                    "Claimed item {} of {:?} (attempt {} of {}) for {} ms.{retry} Do the work, then queue_ack {{\"queue\": {:?}, \"item_id\": {}, \"claim_token\": {}}} (or queue_nack to give it back).",
+                    item.item_id,
+                    item.queue,
+                    item.attempt,
+                    item.max_attempts,
+                    args.visibility_ms,
+                    item.queue,
+                    item.item_id,
+                    item.claim_token
+                )
+            }
+            QueueClaim::Empty(empty) => format!(
+                "Nothing ready in {:?} ({} in flight, {} delayed).",
+                empty.queue, empty.in_flight, empty.delayed
+            ),
+        };
+        Done::new(claim, summary)
+    }
+
+    async fn queue_ack(&self, args: QueueSettleArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let settled = client
+            .queue_ack(&args.queue, args.item_id, args.claim_token)
+            .await?;
+        let summary = format!(
+            "Item {} of {:?} is done ({}): it left the queue.",
+            settled.item_id, settled.queue, settled.outcome
+        );
+        Done::new(settled, summary)
+    }
+
+    async fn queue_nack(&self, args: QueueNackArgs) -> Result<Done, Error> {
+        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let settled = client
+            .queue_nack(&args.queue, args.item_id, args.claim_token, args.delay_ms)
+            .await?;
+        let summary = format!(
+            "Item {} of {:?} given back: {}.",
+            settled.item_id, settled.queue, settled.outcome
+        );
+        Done::new(settled, summary)
+    }
+
+    async fn queue_status(&self, args: QueueArgs) -> Result<Done, Error> {
+        let client = self.client().await?;
+        let status = client.queue_status(&args.queue).await?;
+        let summary = format!(
+            "{:?}: {} ready, {} in flight, {} delayed, {} dead-lettered.",
+            status.queue, status.ready, status.in_flight, status.delayed, status.dead_lettered
+        );
+        Done::new(status, summary)
+    }
+
     // ---- events ----
 
     async fn events_recent(&self, args: EventsArgs) -> Result<Done, Error> {
@@ -505,10 +746,85 @@ fn describe_lock(lock: &HeldLock) -> String {
         baton_core::LockMode::Exclusive => "exclusive",
         baton_core::LockMode::Shared => "shared",
     };
+    let permits = lock
+        .permits
+        .map_or_else(String::new, |n| format!(", {n} permit(s)"));
     let fence = lock
         .fence_token
         .map_or_else(String::new, |t| format!(", fence_token {t}"));
-    format!("lock {} on {:?} ({mode}{fence})", lock.lock_id, lock.keys)
+    format!(
+        "lock {} on {:?} ({mode}{permits}{fence})",
+        lock.lock_id, lock.keys
+    )
+}
+
+fn quota_summary(quota: &QuotaInfo) -> String {
+    format!(
+        "Quota {:?}: {} of {} available (used {}, reserved {} in {} live reservation(s)).",
+        quota.quota,
+        quota.available,
+        quota.capacity,
+        quota.used,
+        quota.reserved,
+        quota.reservations
+    )
+}
+
+fn settle_summary(settled: &SettleResult) -> String {
+    match (settled.settled, settled.outcome.as_str()) {
+        (true, "committed") => format!(
+            "Reservation {} committed: {} used, {} returned to the pool.",
+            settled.reservation_id, settled.committed, settled.returned
+        ),
+        (true, outcome) => format!(
+            "Reservation {} {outcome}: {} returned to the pool.",
+            settled.reservation_id, settled.returned
+        ),
+        (false, outcome) => format!(
+            "Reservation {} had already ended ({outcome}); nothing to do.",
+            settled.reservation_id
+        ),
+    }
+}
+
+fn bucket_summary(bucket: &BucketInfo) -> String {
+    let spenders: Vec<String> = bucket
+        .usage
+        .iter()
+        .take(3)
+        .map(|u| format!("{:?} {}", u.agent, u.tokens))
+        .collect();
+    let spent = if spenders.is_empty() {
+        "nobody has taken from it yet".to_string()
+    } else {
+        format!("top spenders: {}", spenders.join(", "))
+    };
+    format!(
+        "Bucket {:?}: {} of {} tokens now, refills {}/s; {spent}.",
+        bucket.bucket, bucket.available, bucket.burst, bucket.rate_per_sec
+    )
+}
+
+fn once_summary(once: &OnceResult) -> String {
+    match once.status.as_str() {
+        "fresh" => format!(
+            "{:?} is fresh (version {}, {} ms old): use `value`; do NOT refresh it.",
+            once.key,
+            once.version.unwrap_or_default(),
+            once.age_ms.unwrap_or_default()
+        ),
+        "claimed" => format!(
+            "You hold the refresh claim for {:?} (claim_id {}). Refresh the value now, then once_fulfil {{\"key\": {:?}, \"claim_id\": {}, \"value\": <new value>}} before expires_at; if the refresh fails, once_abandon it.",
+            once.key,
+            once.claim_id.unwrap_or_default(),
+            once.key,
+            once.claim_id.unwrap_or_default()
+        ),
+        other => format!(
+            "{:?} is {other}: another agent is refreshing it; call once_get again with wait_ms to get its value. Do not refresh it yourself.",
+            once.key
+        ),
+    }
 }
 
 fn written_summary(key: &str, version: u64, previous: Option<u64>) -> String {
@@ -626,7 +942,7 @@ impl ServerHandler for BatonMcp {
             Resource::new(GUIDE_URI, "guide")
                 .with_title("Safe coordination patterns")
                 .with_description(
-                    "How to coordinate through Baton: lock -> read -> write with fence -> release; read -> write with if_version -> retry on conflict; what each error means.",
+                    "How to coordinate through Baton: lock -> read -> write with fence -> release; read -> write with if_version -> retry on conflict; quotas, rate limits, semaphores, single-flight refresh and queues; what each error means.",
                 )
                 .with_mime_type("text/markdown"),
         ]))

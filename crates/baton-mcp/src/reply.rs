@@ -86,10 +86,50 @@ pub fn error_text(tool: &str, error: &Error) -> String {
 
 /// What an agent should do about an error from `tool`.
 pub fn hint(tool: &str, error: &Error) -> &'static str {
-    match error.code {
-        ErrorCode::ConcurrentModification if tool == "lock_acquire" => {
+    match (error.code, tool) {
+        (ErrorCode::ConcurrentModification, "lock_acquire") => {
             "the keys are held by others (details.holders). Wait retry_after_ms and call lock_acquire again, or pass wait_ms to queue; do not write to those keys meanwhile."
         }
+        (ErrorCode::ConcurrentModification, "semaphore_acquire") => {
+            "not enough permits are free (details.holders hold them). Wait retry_after_ms and call semaphore_acquire again, or pass wait_ms to queue (FIFO); do not use a slot you have no permit for."
+        }
+        (ErrorCode::ConcurrentModification, "once_get") => {
+            "another agent is refreshing this value right now. Do NOT refresh it yourself: call once_get again with wait_ms (e.g. 20000) to wait for its value, or wait retry_after_ms."
+        }
+        (ErrorCode::Deadlock, "once_get") => {
+            "your session already holds the refresh claim (details.claim_id): refresh the value and once_fulfil it, or once_abandon it; do not ask again."
+        }
+        (ErrorCode::Deadlock, "semaphore_acquire") => {
+            "you already hold (or wait for) permits of this key, or waiting would deadlock (details). Permits are not re-entrant: use the lock you have (held lists it), or lock_release it first."
+        }
+        (ErrorCode::Fenced, "once_fulfil") => {
+            "your refresh claim is no longer current (claim_ttl_ms ran out, or it passed to another agent): NOTHING was published. Do not publish or use your refreshed value elsewhere; another agent may have refreshed it since. Call once_get to get the current value (and the claim, if it is still stale)."
+        }
+        (ErrorCode::Fenced, "once_abandon") => {
+            "the claim had already ended (published, expired or passed on); nothing to do. Call once_get for the current value."
+        }
+        (ErrorCode::Fenced, "queue_ack" | "queue_nack") => {
+            "your claim on the item expired (visibility_ms passed) and the item was redelivered to another worker. Do NOT repeat its side effects and do not ack it again; the other delivery finishes it. Claim the next item, with a longer visibility_ms if the work takes long."
+        }
+        (ErrorCode::Fenced, "quota_commit") => {
+            "the reservation had already ended (its ttl_ms ran out, or it was settled): nothing was recorded. Do not commit again; reserve with a longer ttl_ms next time."
+        }
+        (ErrorCode::QuotaExceeded, "quota_reserve") => {
+            "not enough of the quota is available; nothing was reserved. Do NOT make the costly call. Wait retry_after_ms (given when expiring reservations will free enough) and reserve again, or reserve less; without retry_after_ms it cannot fit until the capacity grows or a new period starts."
+        }
+        (ErrorCode::NotFound, "quota_get" | "quota_reserve" | "quota_set") => {
+            "there is no such quota. Check the name, or create it with quota_set {quota, capacity}."
+        }
+        (ErrorCode::NotFound, "rate_status") => {
+            "nobody has taken from this bucket yet (or the name is wrong); rate_take creates it."
+        }
+        _ => generic_hint(error),
+    }
+}
+
+/// What to do about an error, whichever tool it came from.
+fn generic_hint(error: &Error) -> &'static str {
+    match error.code {
         ErrorCode::ConcurrentModification => {
             "someone changed the key since you read it. Re-read it (state_get; details.current_version and details.current_value hold the current state), redo your change on the current value, and write again with if_version = the new version. Never retry the same write blindly."
         }
@@ -103,7 +143,7 @@ pub fn hint(tool: &str, error: &Error) -> &'static str {
             "a bound would be crossed; nothing was applied. Take less, or wait retry_after_ms (if given) for capacity to come back."
         }
         ErrorCode::RateLimited => {
-            "a shared rate limit refused the call; nothing was applied. Wait retry_after_ms, then try again."
+            "a shared rate limit refused the call; nothing was taken. Do NOT call the limited API yet: wait retry_after_ms (exact), then take again, or pass wait_ms to rate_take to queue for the tokens."
         }
         ErrorCode::NotFound => {
             "it does not exist (or ended long ago). Check the key or id (state_list, locks_list, held); create a missing key with state_put (if_absent)."

@@ -36,6 +36,9 @@ pub struct HeldLock {
     pub expires_at: Option<u64>,
     /// Whether the lock has its own TTL (and so needs lock_renew).
     pub own_ttl: bool,
+    /// For a semaphore grant: the permits it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permits: Option<u64>,
 }
 
 impl HeldLock {
@@ -47,6 +50,7 @@ impl HeldLock {
             fence_token: info.fence_token,
             expires_at: info.expires_at,
             own_ttl,
+            permits: info.permits,
         }
     }
 }

@@ -29,6 +29,10 @@ pub const MAX_OPS_PER_TXN: u64 = 128;
 /// Shortest and longest lease in ms (`min_ttl_ms`, `max_ttl_ms`).
 pub const MIN_TTL_MS: u64 = 10;
 pub const MAX_TTL_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+/// Most permits one semaphore may have (baton-core's `MAX_SEMAPHORE_CAPACITY`).
+pub const MAX_SEMAPHORE_CAPACITY: u64 = 1_000_000;
+/// A refresh claim's lease and a queue item's visibility unless told otherwise.
+pub const DEFAULT_CLAIM_TTL_MS: u64 = 30_000;
 
 // ---- arguments ----
 
@@ -310,6 +314,308 @@ pub struct EventsArgs {
     pub limit: Option<u64>,
 }
 
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct SemaphoreAcquireArgs {
+    /// The semaphore's key, `namespace/name`, e.g. `gpu/pool`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub key: String,
+    /// How many permits to take (default 1), at most `capacity`.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = MAX_SEMAPHORE_CAPACITY))]
+    pub permits: u64,
+    /// The pool's size: at most this many permits are held at once. Every
+    /// agent must name the same capacity for the same key.
+    #[schemars(range(min = 1, max = MAX_SEMAPHORE_CAPACITY))]
+    pub capacity: u64,
+    /// How long to queue (FIFO) if not enough permits are free, in ms. 0
+    /// (default) answers at once. Keep it below your MCP client's request timeout.
+    #[serde(default)]
+    #[schemars(range(max = MAX_WAIT_MS))]
+    pub wait_ms: u64,
+    /// The permits' own lease in ms; renew it with lock_renew before it ends.
+    /// Leave it out to keep them as long as this MCP connection lives.
+    #[schemars(range(min = MIN_TTL_MS, max = MAX_TTL_MS))]
+    pub ttl_ms: Option<u64>,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn default_claim_ttl_ms() -> u64 {
+    DEFAULT_CLAIM_TTL_MS
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QuotaSetArgs {
+    /// The quota, `namespace/name`, e.g. `llm/tokens-per-day`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub quota: String,
+    /// How much there is in total (in any unit you choose: tokens, dollars
+    /// in cents, GPU-minutes...).
+    pub capacity: u64,
+    /// Forget what was committed so far: a new period (e.g. a new day).
+    #[serde(default)]
+    pub reset_used: bool,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QuotaArgs {
+    /// The quota, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub quota: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QuotaReserveArgs {
+    /// The quota, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub quota: String,
+    /// The most the work may spend; held for you until committed, released
+    /// or expired.
+    #[schemars(range(min = 1))]
+    pub amount: u64,
+    /// How long the reservation holds, in ms: longer than the work takes.
+    /// Unsettled, it returns to the pool when this ends.
+    #[schemars(range(min = MIN_TTL_MS, max = MAX_TTL_MS))]
+    pub ttl_ms: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key reserves once.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QuotaCommitArgs {
+    /// The `reservation_id` quota_reserve returned.
+    pub reservation_id: u64,
+    /// What the work actually spent, at most the amount reserved; the rest
+    /// returns to the pool.
+    pub actual: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QuotaReleaseArgs {
+    /// The `reservation_id` quota_reserve returned.
+    pub reservation_id: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct RateTakeArgs {
+    /// The shared bucket, named for the API it protects, e.g. `api/openai`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub bucket: String,
+    /// Tokens to take (default 1: one call), at most `burst`.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1))]
+    pub tokens: u64,
+    /// Tokens the bucket gains per second: the API's sustained rate. Every
+    /// agent must give the same rate_per_sec and burst for a bucket.
+    #[schemars(range(min = 1))]
+    pub rate_per_sec: u64,
+    /// Tokens the bucket holds at most: the largest burst the API allows.
+    #[schemars(range(min = 1))]
+    pub burst: u64,
+    /// How long to queue (FIFO) for the tokens, in ms; 0 (default) answers
+    /// at once with RATE_LIMITED and the exact retry_after_ms.
+    #[serde(default)]
+    #[schemars(range(max = MAX_WAIT_MS))]
+    pub wait_ms: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key takes once.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct BucketArgs {
+    /// The bucket, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub bucket: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct OnceGetArgs {
+    /// The key holding the shared value, `namespace/name`, e.g. `cred/token`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub key: String,
+    /// The value is fresh while younger than this, in ms (e.g. a bit less
+    /// than the credential's lifetime); older or absent, it is refreshed.
+    pub max_age_ms: u64,
+    /// If you get the claim: how long it lasts, in ms (default 30000). It
+    /// cannot be renewed, so it must cover the whole refresh.
+    #[serde(default = "default_claim_ttl_ms")]
+    #[schemars(range(min = MIN_TTL_MS, max = MAX_TTL_MS))]
+    pub claim_ttl_ms: u64,
+    /// How long to wait for another agent's refresh, in ms; 0 (default)
+    /// answers at once (CONCURRENT_MODIFICATION while someone refreshes).
+    #[serde(default)]
+    #[schemars(range(max = MAX_WAIT_MS))]
+    pub wait_ms: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key gets the first answer.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct OnceFulfilArgs {
+    /// The key once_get gave you the claim for.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub key: String,
+    /// The `claim_id` once_get returned with status `claimed`.
+    pub claim_id: u64,
+    /// The refreshed value (any JSON), e.g. `{"token": "...", "expires_in": 3600}`.
+    pub value: Value,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct OnceAbandonArgs {
+    /// The key once_get gave you the claim for.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub key: String,
+    /// The `claim_id` once_get returned with status `claimed`.
+    pub claim_id: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QueueEnqueueArgs {
+    /// The queue, `namespace/name`, e.g. `jobs/mail` (created on first use).
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub queue: String,
+    /// The work item: any JSON the worker needs.
+    pub item: Value,
+    /// Deliveries before the item is dead-lettered (default 5).
+    #[schemars(range(min = 1))]
+    pub max_attempts: Option<u32>,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key enqueues once.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QueueClaimArgs {
+    /// The queue, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub queue: String,
+    /// How long the item is yours, in ms (default 30000): ack it before
+    /// then, or it is delivered to another worker.
+    #[serde(default = "default_claim_ttl_ms")]
+    #[schemars(range(min = MIN_TTL_MS, max = MAX_TTL_MS))]
+    pub visibility_ms: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key gets the same item.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QueueSettleArgs {
+    /// The queue, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub queue: String,
+    /// The `item_id` queue_claim returned.
+    pub item_id: u64,
+    /// The `claim_token` queue_claim returned.
+    pub claim_token: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QueueNackArgs {
+    /// The queue, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub queue: String,
+    /// The `item_id` queue_claim returned.
+    pub item_id: u64,
+    /// The `claim_token` queue_claim returned.
+    pub claim_token: u64,
+    /// Keep the item out of reach this long before it is ready again, in ms
+    /// (default 0: at once).
+    #[serde(default)]
+    #[schemars(range(max = MAX_TTL_MS))]
+    pub delay_ms: u64,
+    /// Refuse (FENCED) unless this lock token is still current.
+    pub fence: Option<FenceArg>,
+    /// Any unique string: a retry with the same key is not applied twice.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(crate = "rmcp::schemars")]
+pub struct QueueArgs {
+    /// The queue, `namespace/name`.
+    #[schemars(length(min = 1, max = MAX_KEY_BYTES))]
+    pub queue: String,
+}
+
 // ---- checks the types cannot express ----
 
 /// Bounds beyond what serde checks, each naming its field.
@@ -325,6 +631,16 @@ fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
         return Err(Error::invalid(
             field,
             format!("{value} is out of range: it must be between {min} and {max}"),
+        ));
+    }
+    Ok(())
+}
+
+fn at_least(field: &str, value: u64, min: u64) -> Result<(), Error> {
+    if value < min {
+        return Err(Error::invalid(
+            field,
+            format!("{value} is too small: it must be at least {min}"),
         ));
     }
     Ok(())
@@ -556,6 +872,139 @@ impl Check for EventsArgs {
     }
 }
 
+impl Check for SemaphoreAcquireArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("key", &self.key)?;
+        range("capacity", self.capacity, 1, MAX_SEMAPHORE_CAPACITY)?;
+        range("permits", self.permits, 1, self.capacity)?;
+        range("wait_ms", self.wait_ms, 0, MAX_WAIT_MS)?;
+        opt_range("ttl_ms", self.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QuotaSetArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("quota", &self.quota)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QuotaArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("quota", &self.quota)
+    }
+}
+
+impl Check for QuotaReserveArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("quota", &self.quota)?;
+        at_least("amount", self.amount, 1)?;
+        range("ttl_ms", self.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QuotaCommitArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QuotaReleaseArgs {}
+
+impl Check for RateTakeArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("bucket", &self.bucket)?;
+        at_least("rate_per_sec", self.rate_per_sec, 1)?;
+        at_least("burst", self.burst, 1)?;
+        if self.tokens == 0 || self.tokens > self.burst {
+            return Err(Error::invalid(
+                "tokens",
+                format!(
+                    "take 1 to {} tokens (the burst); more could never be granted",
+                    self.burst
+                ),
+            ));
+        }
+        range("wait_ms", self.wait_ms, 0, MAX_WAIT_MS)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for BucketArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("bucket", &self.bucket)
+    }
+}
+
+impl Check for OnceGetArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("key", &self.key)?;
+        range("claim_ttl_ms", self.claim_ttl_ms, MIN_TTL_MS, MAX_TTL_MS)?;
+        range("wait_ms", self.wait_ms, 0, MAX_WAIT_MS)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for OnceFulfilArgs {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        key("key", &self.key)?;
+        value_size("value", &self.value, limits)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for OnceAbandonArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("key", &self.key)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QueueEnqueueArgs {
+    fn check(&self, limits: &Limits) -> Result<(), Error> {
+        key("queue", &self.queue)?;
+        value_size("item", &self.item, limits)?;
+        if self.max_attempts == Some(0) {
+            return Err(Error::invalid(
+                "max_attempts",
+                "at least 1 delivery; leave it out for the default (5)",
+            ));
+        }
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QueueClaimArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("queue", &self.queue)?;
+        range("visibility_ms", self.visibility_ms, MIN_TTL_MS, MAX_TTL_MS)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QueueSettleArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("queue", &self.queue)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QueueNackArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("queue", &self.queue)?;
+        range("delay_ms", self.delay_ms, 0, MAX_TTL_MS)?;
+        mutation(&self.fence, &self.idempotency_key)
+    }
+}
+
+impl Check for QueueArgs {
+    fn check(&self, _: &Limits) -> Result<(), Error> {
+        key("queue", &self.queue)
+    }
+}
+
 /// Decodes a tool's arguments, naming the field that is wrong: a missing
 /// field, a wrong type, an unknown field or a value out of bounds.
 pub fn parse<T: DeserializeOwned + Check>(arguments: Value, limits: &Limits) -> Result<T, Error> {
@@ -703,6 +1152,86 @@ pub fn all() -> Vec<Tool> {
             "Atomically add delta to a counter (no read-modify-write needed, never loses an increment). With min/max the add is refused (QUOTA_EXCEEDED) instead of crossing the bound: use it to take a slot from a pool (delta -1, min 0). Pass an idempotency_key if you may retry.",
             writes(false, false),
         ),
+        tool::<SemaphoreAcquireArgs>(
+            "semaphore_acquire",
+            "Take permits of a counting semaphore: a pool of `capacity` identical slots shared by all agents (e.g. 3 GPUs, 5 browser sessions, 10 DB connections); at most `capacity` permits are held at once, whoever asks. Take a permit BEFORE using a slot, give it back with lock_release {lock_id} right after. Returns lock_id, fence_token and permits: the grant is a lock (renew it with lock_renew if you gave ttl_ms; without ttl_ms it ends with this connection). Every agent must name the same capacity for a key. Errors: CONCURRENT_MODIFICATION = not enough permits free (details.holders): wait retry_after_ms and call again, or pass wait_ms to queue FIFO; DEADLOCK = you already hold permits of this key (permits are not re-entrant): use that lock or release it first; INVALID_ARGUMENT on capacity = the semaphore is in use with another capacity: use that one.",
+            writes(false, false),
+        ),
+        tool::<QuotaSetArgs>(
+            "quota_set",
+            "Create a shared quota (a capacity many agents draw from: LLM tokens per day, dollars of API spend, GPU-minutes) or change its capacity. reset_used=true starts a new period (forgets what was committed). Live reservations stay. Usually done once by whoever sets up the work; agents then use quota_reserve and quota_commit.",
+            writes(false, true),
+        ),
+        tool::<QuotaArgs>(
+            "quota_get",
+            "Read a quota: capacity, used (committed), reserved (held by live reservations), available now, and how many reservations are live. NOT_FOUND = no such quota: quota_set creates it.",
+            read_only(),
+        ),
+        tool::<QuotaReserveArgs>(
+            "quota_reserve",
+            "Reserve BEFORE a costly call (an LLM request, a paid API, a GPU job): hold the most it may spend from a shared quota, so agents together never overspend it. Then do the work and quota_commit {reservation_id, actual} with what it really spent (the rest returns at once), or quota_release {reservation_id} if you spent nothing. A reservation you forget returns to the pool when ttl_ms ends. Errors: QUOTA_EXCEEDED = not enough is available: do NOT make the costly call; wait retry_after_ms (given when expiring reservations will free enough) and reserve again, or reserve less; without retry_after_ms the amount cannot fit until the capacity grows or a new period starts. NOT_FOUND = the quota does not exist (quota_set creates it).",
+            writes(false, false),
+        ),
+        tool::<QuotaCommitArgs>(
+            "quota_commit",
+            "After the costly call, record what it ACTUALLY spent under your reservation (at most the amount reserved); the rest returns to the pool at once. Errors: FENCED = the reservation had already ended (its ttl_ms ran out, or it was settled): nothing was recorded; do not commit again, and reserve with a longer ttl_ms next time. INVALID_ARGUMENT on actual = more than you reserved. PERMISSION_DENIED = another agent's reservation.",
+            writes(false, false),
+        ),
+        tool::<QuotaReleaseArgs>(
+            "quota_release",
+            "Give a whole reservation back when you spent nothing (the call failed or was skipped), so others can use it at once. Idempotent: an ended reservation answers settled=false and how it ended (expired, committed, released).",
+            writes(false, true),
+        ),
+        tool::<RateTakeArgs>(
+            "rate_take",
+            "Take from a shared token bucket BEFORE each call to a rate-limited API, so all agents together stay under its limit (no 429 storms). Name the bucket for the API (e.g. `api/openai`); every agent must give the same rate_per_sec and burst. ok = make the call now. RATE_LIMITED = do NOT make the call yet: wait retry_after_ms (exact: the tokens will be there then) and call rate_take again, or pass wait_ms to queue FIFO until the tokens are there. INVALID_ARGUMENT on tokens = more than the burst, which could never be granted.",
+            writes(false, false),
+        ),
+        tool::<BucketArgs>(
+            "rate_status",
+            "A shared rate-limit bucket: its rate and burst, tokens available now, and who has been spending it (tokens per agent, largest first). Use it to find out who exhausts a shared limit. NOT_FOUND = nobody has taken from that bucket yet.",
+            read_only(),
+        ),
+        tool::<OnceGetArgs>(
+            "once_get",
+            "Single-flight refresh of a shared value (an API credential, an access token, a cache entry), so that ONE agent refreshes it and the others reuse the result. Call it before you use or refresh the value. status=fresh: use `value`; do NOT refresh. status=claimed: YOU hold the refresh claim (claim_id; `value` is the stale one): refresh now, then once_fulfil {key, claim_id, value} before expires_at, or once_abandon if the refresh failed. Refresh ONLY if you got the claim. With wait_ms, while another agent refreshes, the call waits for its value (status fresh), or hands you the claim if that agent gave up. Errors: CONCURRENT_MODIFICATION = another agent is refreshing and you did not wait long enough: call again with wait_ms; never refresh it yourself; DEADLOCK = your session already holds the claim: fulfil or abandon it.",
+            writes(false, false),
+        ),
+        tool::<OnceFulfilArgs>(
+            "once_fulfil",
+            "Publish the value you refreshed under your claim from once_get: it is stored in the key (state_get reads it) and every agent waiting in once_get gets it. FENCED = your claim is no longer current (claim_ttl_ms ran out, or it was passed to another agent): NOTHING was published; do not publish or use your refreshed value anywhere else, because another agent may have refreshed it since; call once_get to get the current value.",
+            writes(true, false),
+        ),
+        tool::<OnceAbandonArgs>(
+            "once_abandon",
+            "Give up your refresh claim when the refresh failed, so the next waiting agent gets the claim at once instead of after claim_ttl_ms. FENCED = the claim had already ended; nothing to do.",
+            writes(false, false),
+        ),
+        tool::<QueueEnqueueArgs>(
+            "queue_enqueue",
+            "Add a work item (any JSON) to a FIFO queue, created on first use: the single-writer pattern, where many agents hand work to the workers that claim it one item at a time instead of all acting at once. Pass an idempotency_key if you may retry, so the item is enqueued once. After max_attempts deliveries without an ack the item is dead-lettered (queue_status lists it).",
+            writes(false, false),
+        ),
+        tool::<QueueClaimArgs>(
+            "queue_claim",
+            "Claim the oldest ready item of a queue for visibility_ms: claim -> do the work -> queue_ack {queue, item_id, claim_token}. Returns item_id, claim_token, item, attempt and max_attempts (attempt > 1: an earlier worker did not finish; its side effects may have happened, so check before repeating them). If you do not ack within visibility_ms, the item is delivered to another worker. empty=true = nothing ready now (in_flight and delayed say whether more may come); that is not an error.",
+            writes(false, false),
+        ),
+        tool::<QueueSettleArgs>(
+            "queue_ack",
+            "Mark a claimed item done, after its work (and every side effect) is complete: it leaves the queue. FENCED = your claim expired (visibility_ms passed) and the item was redelivered to another worker: do NOT repeat its side effects and do not ack again; the other delivery will finish it. Next time claim with a longer visibility_ms.",
+            writes(false, false),
+        ),
+        tool::<QueueNackArgs>(
+            "queue_nack",
+            "Give a claimed item back without finishing it (you cannot do it now, or it failed and may succeed later): it is ready again after delay_ms. After max_attempts deliveries it is dead-lettered instead; `outcome` says requeued, delayed or dead_lettered. FENCED = your claim had already expired and the item was redelivered.",
+            writes(false, false),
+        ),
+        tool::<QueueArgs>(
+            "queue_status",
+            "A queue's counts: ready, in flight (claimed), delayed, dead-lettered, the oldest ready item's age, and the dead letters (item and attempts). Use it to see whether work piles up or keeps failing.",
+            read_only(),
+        ),
         tool::<EventsArgs>(
             "events_recent",
             "What happened: the audit trail of writes, grants, releases, expiries and refusals under a prefix, oldest first, with agent, time and revision. Continue with from_revision = next_revision. COMPACTED = that revision is no longer kept: start without from_revision.",
@@ -752,10 +1281,100 @@ mod tests {
         assert_eq!(field_of(json!({"key": "a/b", "value": big})), "value");
     }
 
+    /// The field an INVALID_ARGUMENT from parsing `T` names.
+    fn field<T: DeserializeOwned + Check>(tool_args: Value) -> String {
+        let Err(error) = parse::<T>(tool_args, &Limits::default()) else {
+            panic!("accepted");
+        };
+        assert_eq!(error.code, baton_core::ErrorCode::InvalidArgument);
+        error.details.unwrap()["field"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn the_coordination_tools_check_their_bounds() {
+        let semaphore = |args| field::<SemaphoreAcquireArgs>(args);
+        assert_eq!(semaphore(json!({"key": "gpu/pool"})), "capacity");
+        assert_eq!(
+            semaphore(json!({"key": "gpu/pool", "permits": 4, "capacity": 3})),
+            "permits"
+        );
+        assert_eq!(
+            semaphore(json!({"key": "gpu/pool", "capacity": 0})),
+            "capacity"
+        );
+        let ok = parse::<SemaphoreAcquireArgs>(
+            json!({"key": "gpu/pool", "capacity": 3}),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!((ok.permits, ok.wait_ms, ok.ttl_ms), (1, 0, None));
+
+        assert_eq!(
+            field::<QuotaReserveArgs>(json!({"quota": "q/a", "amount": 0, "ttl_ms": 1000})),
+            "amount"
+        );
+        assert_eq!(
+            field::<QuotaReserveArgs>(json!({"quota": "q/a", "amount": 1})),
+            "ttl_ms"
+        );
+        assert_eq!(
+            field::<QuotaCommitArgs>(json!({"reservation_id": 1, "actual": -1})),
+            "actual"
+        );
+        assert_eq!(
+            field::<RateTakeArgs>(
+                json!({"bucket": "api/a", "tokens": 11, "rate_per_sec": 1, "burst": 10})
+            ),
+            "tokens"
+        );
+        assert_eq!(
+            field::<RateTakeArgs>(json!({"bucket": "api/a", "rate_per_sec": 0, "burst": 10})),
+            "rate_per_sec"
+        );
+        assert_eq!(
+            field::<OnceGetArgs>(
+                json!({"key": "cred/t", "max_age_ms": 1, "wait_ms": MAX_WAIT_MS + 1})
+            ),
+            "wait_ms"
+        );
+        let once = parse::<OnceGetArgs>(
+            json!({"key": "cred/t", "max_age_ms": 1}),
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(once.claim_ttl_ms, DEFAULT_CLAIM_TTL_MS);
+        let big = "x".repeat(Limits::default().max_value_bytes + 1);
+        assert_eq!(
+            field::<OnceFulfilArgs>(json!({"key": "cred/t", "claim_id": 1, "value": big})),
+            "value"
+        );
+        assert_eq!(
+            field::<QueueEnqueueArgs>(json!({"queue": "q/a", "item": 1, "max_attempts": 0})),
+            "max_attempts"
+        );
+        assert_eq!(
+            field::<QueueClaimArgs>(json!({"queue": "q/a", "visibility_ms": 1})),
+            "visibility_ms"
+        );
+        assert_eq!(
+            field::<QueueSettleArgs>(json!({"queue": "q/a", "item_id": 1})),
+            "claim_token"
+        );
+        assert_eq!(
+            field::<QuotaReleaseArgs>(
+                json!({"reservation_id": 1, "fence": {"key": "a/b", "token": 1}})
+            ),
+            "fence"
+        );
+    }
+
     #[test]
     fn every_tool_has_an_object_schema_and_a_description() {
         let tools = all();
-        assert_eq!(tools.len(), 17);
+        assert_eq!(tools.len(), 33);
         for tool in tools {
             let schema = &tool.input_schema;
             assert_eq!(schema["type"], "object", "{}", tool.name);
