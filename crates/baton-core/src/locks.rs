@@ -442,8 +442,19 @@ impl StateMachine {
                         "status": info.status, "mode": info.mode, "expires_at": info.expires_at })
             })
             .collect();
-        let what = match blockers.first() {
-            Some((key, id)) => {
+        let semaphore = lock.permits.and_then(|permits| {
+            let key = &lock.keys[0];
+            let state = self.lock_keys.get(key)?;
+            let capacity = state.capacity?;
+            let held: u64 = state.holders.iter().filter_map(|id| self.locks[id].permits).sum();
+            Some(format!(
+                "semaphore {key:?} has {held} of {capacity} permits held and {} requests queued; {permits} asked",
+                state.waiters.len()
+            ))
+        });
+        let what = match (semaphore, blockers.first()) {
+            (Some(text), _) => text,
+            (None, Some((key, id))) => {
                 let holder = &self.locks[id];
                 let state = if holder.is_held() {
                     "held"
@@ -463,7 +474,7 @@ impl StateMachine {
                     holder.agent
                 )
             }
-            None => {
+            (None, None) => {
                 let key = lock.keys.iter().find(|k| {
                     self.lock_keys
                         .get(*k)

@@ -32,6 +32,12 @@ fn permits_are_granted_up_to_capacity_then_queued_fifo() {
     );
     let busy = sem(&mut h, "c", 1, 0);
     assert_eq!(err(&busy).code, ErrorCode::ConcurrentModification);
+    assert!(
+        err(&busy).message.contains("has 3 of 3 permits held"),
+        "{}",
+        err(&busy).message
+    );
+    assert_eq!(err(&busy).retry_after_ms, Some(10_000));
     let big = lock(&sem(&mut h, "big", 2, 10_000)).clone();
     let small = lock(&sem(&mut h, "small", 1, 10_000)).clone();
     assert_eq!(
