@@ -6,7 +6,7 @@ use baton_core::{Error, LockState};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{ConnArgs, Spinner, WriteArgs, answer, parse_duration_ms, text};
+use super::{ConnArgs, RetryArgs, Spinner, WriteArgs, answer, parse_duration_ms, text};
 use crate::output::{OutputMode, emit};
 
 #[derive(Debug, Args)]
@@ -66,7 +66,7 @@ after), 8 deadlock (the cycle is in the details).")]
         /// The lock id from `acquire`
         id: u64,
         #[command(flatten)]
-        write: WriteArgs,
+        retry: RetryArgs,
     },
     /// Extend a held lock's lease from now; exit 7 if it is no longer yours
     #[command(after_help = "Example:\n  baton lock renew 17 --ttl 30s")]
@@ -77,7 +77,7 @@ after), 8 deadlock (the cycle is in the details).")]
         #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
         ttl: Option<u64>,
         #[command(flatten)]
-        write: WriteArgs,
+        retry: RetryArgs,
     },
     /// Show a lock by id ("am I still the holder?"), or a key's holders and waiters
     #[command(after_help = "\
@@ -150,12 +150,12 @@ pub fn run(args: LockArgs, mode: OutputMode) -> i32 {
                 })
             })
         }
-        LockCommand::Release { id, write } => {
-            let reply = answer(conn, Some(&write), ApiRequest::lock_release(id));
+        LockCommand::Release { id, retry } => {
+            let reply = answer(conn, Some(&retry.write()), ApiRequest::lock_release(id));
             emit(mode, &reply, |v| text::typed(v, release_text))
         }
-        LockCommand::Renew { id, ttl, write } => {
-            let reply = answer(conn, Some(&write), ApiRequest::lock_renew(id, ttl));
+        LockCommand::Renew { id, ttl, retry } => {
+            let reply = answer(conn, Some(&retry.write()), ApiRequest::lock_renew(id, ttl));
             emit(mode, &reply, |v| {
                 text::typed(v, |l: LockInfo| text::lock(&l))
             })
