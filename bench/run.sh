@@ -138,6 +138,7 @@ start_baton 17712
 EXTRAS_PID=$LAST_PID
 
 log "running baton-bench $*"
+export BATON_BENCH_COMMAND="bench/run.sh $*"
 "$BENCH" --baton-url http://127.0.0.1:17711 \
     --extras-url http://127.0.0.1:17712 --extras-pid "$EXTRAS_PID" \
     --restart-bench "$RESTART_BENCH" --probe-dir "$WORK" \

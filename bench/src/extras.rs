@@ -206,6 +206,8 @@ pub struct WatchDelivery {
     pub before_ack: u64,
     /// Event received − put sent.
     pub after_send: Latency,
+    /// Per event, last watcher's receipt − first watcher's: the fan-out.
+    pub fan_out: Latency,
 }
 
 /// `watchers` SSE watchers on one prefix; one writer puts `events` times,
@@ -282,12 +284,16 @@ pub async fn watch(
     let mut after_send = Samples::default();
     let mut before_ack = 0;
     let mut delivered = 0u64;
+    let mut spans: HashMap<u64, (Instant, Instant)> = HashMap::new();
     for task in tasks {
         for (revision, received_at) in task.await? {
             let Some(&(sent_at, acked_at)) = sent.get(&revision) else {
                 continue;
             };
             delivered += 1;
+            let span = spans.entry(revision).or_insert((received_at, received_at));
+            span.0 = span.0.min(received_at);
+            span.1 = span.1.max(received_at);
             after_send.record(received_at.saturating_duration_since(sent_at));
             if received_at < acked_at {
                 before_ack += 1;
@@ -302,6 +308,12 @@ pub async fn watch(
         after_ack: after_ack.summary(),
         before_ack,
         after_send: after_send.summary(),
+        fan_out: Samples::merge(spans.values().map(|&(first, last)| {
+            let mut one = Samples::default();
+            one.record(last - first);
+            one
+        }))
+        .summary(),
     })
 }
 

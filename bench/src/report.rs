@@ -198,7 +198,7 @@ impl Report {
             let waited: f64 = self.cells.iter().map(|c| c.quiet_wait_s).sum();
             let _ = writeln!(
                 md,
-                "Each cell started once the disk probe was at most {quiet} ms (waiting at most 30 s; {waited:.0} s waited in all).\n"
+                "Each cell started once the disk probe was at most {quiet} ms (waiting at most 10 s; {waited:.0} s waited in all).\n"
             );
         }
         let mut probes: Vec<f64> = self
@@ -404,7 +404,7 @@ impl Report {
             let _ = match watch {
                 Ok(w) => writeln!(
                     md,
-                    "- **Watch delivery** with {} SSE watchers, {} puts: {:.1}% delivered; event received − put acknowledged: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} deliveries arrived before the writer's ack, counted as 0); received − put sent: p50 {:.2} ms, p99 {:.2} ms.",
+                    "- **Watch delivery** with {} SSE watchers, {} puts: {:.1}% delivered; event received − put acknowledged: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} deliveries arrived before the writer's ack, counted as 0); received − put sent: p50 {:.2} ms, p99 {:.2} ms; fan-out (last − first watcher, per event): p50 {:.2} ms, max {:.2} ms.",
                     w.watchers,
                     w.events,
                     w.delivered_fraction * 100.0,
@@ -413,7 +413,9 @@ impl Report {
                     w.after_ack.max_ms,
                     w.before_ack,
                     w.after_send.p50_ms,
-                    w.after_send.p99_ms
+                    w.after_send.p99_ms,
+                    w.fan_out.p50_ms,
+                    w.fan_out.max_ms
                 ),
                 Err(e) => writeln!(md, "- Watch delivery: failed: {e}"),
             };
