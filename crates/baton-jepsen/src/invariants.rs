@@ -86,13 +86,22 @@ pub fn linearizable(history: &History) -> (Vec<Verdict>, Vec<Anomaly>) {
                 "not linearizable",
                 format!("{} key {key:?}:\n{explanation}", v.model),
             )),
-            CheckResult::Timeout { keys } => Some(anomaly(
-                "linearizability undecided",
-                format!(
+            // Undecided is not a violation: the search ran out of budget (many
+            // unknown outcomes on one key). It fails the run only when asked
+            // (BATON_JEPSEN_FAIL_UNDECIDED=1), so CI stays a verdict on
+            // anomalies found; the summary line still says UNDECIDED.
+            CheckResult::Timeout { keys } => {
+                let detail = format!(
                     "{}: the checker ran out of budget on {keys:?}; shorten the run",
                     v.model
-                ),
-            )),
+                );
+                if std::env::var_os("BATON_JEPSEN_FAIL_UNDECIDED").is_some() {
+                    Some(anomaly("linearizability undecided", detail))
+                } else {
+                    eprintln!("jepsen: WARNING linearizability undecided: {detail}");
+                    None
+                }
+            }
         })
         .collect();
     (verdicts, anomalies)
