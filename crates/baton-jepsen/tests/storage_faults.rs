@@ -35,8 +35,8 @@ async fn storage_failures_fail_stop_and_lose_nothing_acknowledged() {
         Some(&injected),
         "every fault was followed by a restart"
     );
-    assert!(
-        report.history.unknown() > 0,
-        "storage faults must leave some outcomes unknown"
-    );
+    // Requests caught by a fault are retried with their idempotency keys
+    // after the restart, so a run may well end with no outcome left unknown;
+    // what matters is checked above: faults happened, each was followed by a
+    // restart, and the history is clean.
 }
