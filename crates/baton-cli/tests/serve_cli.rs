@@ -29,8 +29,32 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Start `baton serve` on `dir`; returns once /healthz answers (bounded).
-fn start(dir: &Path, port: u16) -> Child {
+/// A `baton serve` process that is killed when dropped, so a failing test
+/// leaves no server behind.
+struct ServerProcess(Child);
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `baton serve` on `dir`; returns once it listens (bounded).
+fn start(dir: &Path, port: u16) -> ServerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -60,7 +84,7 @@ fn start(dir: &Path, port: u16) -> Child {
             );
         }
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
+            return ServerProcess(child);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
