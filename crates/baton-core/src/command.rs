@@ -22,6 +22,15 @@ pub struct Command {
     /// Refuse with FENCED unless this token is a current holder's of that key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<Fence>,
+    /// A lock the caller holds, released by this same command once its state
+    /// mutation has applied: the write and the release (and the grant to the
+    /// next waiter) share one seq. Only for `put`, `patch`, `delete`, `txn`
+    /// and `counter_add`. All or nothing: an invalid release (unknown, ended,
+    /// waiting or someone else's lock) refuses the mutation, a refused
+    /// mutation releases nothing, and a txn whose compares failed
+    /// (`succeeded: false`) keeps the lock, so the caller can retry under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<u64>,
     pub op: Op,
 }
 
@@ -32,6 +41,7 @@ impl Command {
             session: None,
             idempotency_key: None,
             fence: None,
+            release: None,
             op,
         }
     }
@@ -56,6 +66,12 @@ impl Command {
             key: key.into(),
             token,
         });
+        self
+    }
+
+    /// Release the held lock `lock_id` in this command, after its mutation.
+    pub fn with_release(mut self, lock_id: u64) -> Self {
+        self.release = Some(lock_id);
         self
     }
 }

@@ -247,6 +247,7 @@ impl StateMachine {
                     version: seq,
                     previous_version,
                     expires_at,
+                    released_lock_id: None,
                 })
             }
             Plan::Delete { key } => {
@@ -255,6 +256,7 @@ impl StateMachine {
                         key,
                         deleted: false,
                         previous_version: None,
+                        released_lock_id: None,
                     });
                 };
                 self.set_deadline(stored.expires_at, None, Deadline::KeyTtl(key.clone()));
@@ -271,6 +273,7 @@ impl StateMachine {
                     key,
                     deleted: true,
                     previous_version: Some(stored.version),
+                    released_lock_id: None,
                 })
             }
         }
@@ -400,6 +403,7 @@ impl StateMachine {
                 key: result.key,
                 value: next,
                 version: result.version,
+                released_lock_id: None,
             })),
             _ => unreachable!("a write plan commits as a write"),
         }
@@ -578,6 +582,7 @@ impl StateMachine {
                             key: key.to_string(),
                             deleted: false,
                             previous_version: None,
+                            released_lock_id: None,
                         })));
                     }
                 }
@@ -602,6 +607,7 @@ impl StateMachine {
                             value: self.kv[&w.key].value.as_i64().unwrap_or_default(),
                             key: w.key,
                             version: w.version,
+                            released_lock_id: None,
                         }),
                         other => other,
                     }
@@ -625,6 +631,7 @@ impl StateMachine {
             succeeded,
             revision: seq,
             results,
+            released_lock_id: None,
         }))
     }
 

@@ -665,7 +665,7 @@ impl StateMachine {
     }
 
     /// The live lock `id` if `agent` owns it.
-    fn owned_lock(&self, id: u64, agent: &str) -> Result<&Lock, Error> {
+    pub(crate) fn owned_lock(&self, id: u64, agent: &str) -> Result<&Lock, Error> {
         match self.locks.get(&id) {
             Some(lock) if lock.agent == agent => Ok(lock),
             Some(lock) => Err(Error::new(

@@ -415,6 +415,68 @@ impl StateMachine {
         if let (Some(session), false) = (command.session, names_its_session) {
             self.check_session_owner(session, &command.agent)?;
         }
+        let Some(lock_id) = command.release else {
+            return self.execute_op(seq, command, fx);
+        };
+        // Checked before anything changes: a release that would be refused
+        // refuses the mutation with it.
+        self.check_release(command, lock_id)?;
+        let mut response = self.execute_op(seq, command, fx)?;
+        let released = match &mut response {
+            // Failed compares keep the lock: the caller retries under it.
+            Response::Txn(txn) if !txn.succeeded => None,
+            Response::Txn(txn) => Some(&mut txn.released_lock_id),
+            Response::Write(write) => Some(&mut write.released_lock_id),
+            Response::Delete(delete) => Some(&mut delete.released_lock_id),
+            Response::Counter(counter) => Some(&mut counter.released_lock_id),
+            other => unreachable!("check_release admits only state mutations, got {other:?}"),
+        };
+        if let Some(released) = released {
+            // A state mutation never ends a lock, so it is still held.
+            assert!(
+                self.locks.get(&lock_id).is_some_and(Lock::is_held),
+                "lock {lock_id} ended during the mutation that releases it"
+            );
+            *released = Some(lock_id);
+            self.end_lock(seq, lock_id, EndReason::Released, fx);
+        }
+        Ok(response)
+    }
+
+    /// A mutation's `release` must name a held lock of the caller's, with
+    /// `Op::LockRelease`'s ownership rule and errors: NOT_FOUND for an
+    /// unknown lock, PERMISSION_DENIED for another agent's, FENCED for one
+    /// that has ended (the write would no longer be covered by it).
+    fn check_release(&self, command: &Command, lock_id: u64) -> Result<(), Error> {
+        if !matches!(
+            command.op,
+            Op::Put { .. }
+                | Op::Patch { .. }
+                | Op::Delete { .. }
+                | Op::Txn(_)
+                | Op::CounterAdd { .. }
+        ) {
+            return Err(Error::invalid(
+                "release",
+                format!(
+                    "{} cannot release a lock; only put, patch, delete, txn and counter_add can (release the lock on its own)",
+                    command.op.name()
+                ),
+            ));
+        }
+        let lock = self.owned_lock(lock_id, &command.agent)?;
+        if !lock.is_held() {
+            return Err(Error::invalid(
+                "release",
+                format!(
+                    "lock {lock_id} is still waiting; only a held lock can be released with a write"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn execute_op(&mut self, seq: u64, command: &Command, fx: &mut Effects) -> Reply {
         match &command.op {
             Op::Tick => Ok(Response::Empty {}),
             Op::SessionOpen { ttl_ms } => self.session_open(seq, command, *ttl_ms, fx),
@@ -1122,8 +1184,15 @@ fn as_recorded(reply: &Reply) -> Result<Value, Error> {
 
 /// FNV-1a over the request's canonical JSON: what makes "the same request".
 fn fingerprint(command: &Command) -> u64 {
-    let bytes = serde_json::to_vec(&(&command.session, &command.fence, &command.op))
-        .expect("commands serialize");
+    // `release` joins only when set, so requests without one (and the
+    // records made before it existed) keep their fingerprints.
+    let bytes = match command.release {
+        None => serde_json::to_vec(&(&command.session, &command.fence, &command.op)),
+        Some(release) => {
+            serde_json::to_vec(&(&command.session, &command.fence, &command.op, release))
+        }
+    }
+    .expect("commands serialize");
     bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
         (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
     })

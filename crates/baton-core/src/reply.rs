@@ -140,6 +140,10 @@ pub struct WriteResult {
     pub previous_version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// The lock this command released after applying (the command's
+    /// `release`); absent when it released none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_lock_id: Option<u64>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -149,6 +153,10 @@ pub struct DeleteResult {
     pub deleted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_version: Option<u64>,
+    /// The lock this command released after applying (the command's
+    /// `release`); absent when it released none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_lock_id: Option<u64>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -157,6 +165,10 @@ pub struct CounterResult {
     pub key: String,
     pub value: i64,
     pub version: u64,
+    /// The lock this command released after applying (the command's
+    /// `release`); absent when it released none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_lock_id: Option<u64>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -167,6 +179,10 @@ pub struct TxnResult {
     pub revision: u64,
     /// One result per op of the branch that ran, in order.
     pub results: Vec<TxnOpResult>,
+    /// The lock this command released after applying (the command's
+    /// `release`); absent when it released none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_lock_id: Option<u64>,
 }
 
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

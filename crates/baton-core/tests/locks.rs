@@ -596,3 +596,312 @@ fn cancelling_a_waiter_lets_the_ones_behind_it_go() {
     assert!(wakeups[0].reply.is_err());
     assert_eq!(lock(&wakeups[1].reply).status, LockStatus::Held);
 }
+
+// ---- a mutation that releases the caller's lock in the same command ------------
+
+fn put_op(key: &str, value: serde_json::Value, if_version: Option<u64>) -> Op {
+    Op::Put {
+        key: key.into(),
+        value,
+        if_version,
+        if_absent: false,
+        ttl_ms: None,
+    }
+}
+
+fn held_by(h: &Harness, key: &str) -> Vec<u64> {
+    h.machine
+        .key_locks(key)
+        .unwrap()
+        .holders
+        .iter()
+        .map(|l| l.lock_id)
+        .collect()
+}
+
+#[test]
+fn a_write_with_release_applies_and_grants_the_next_waiter_at_its_seq() {
+    let mut h = Harness::new();
+    let holder = lock(&h.acquire("a", None, &["inv/sku-1"], X, Some(10_000), 0)).clone();
+    let waiter = lock(&h.acquire("b", None, &["inv/sku-1"], X, Some(10_000), 5_000)).lock_id;
+    h.take_events();
+
+    let reply = h.run(
+        Command::new("a", put_op("inv/count", json!(1), None))
+            .with_fence("inv/sku-1", holder.fence_token.unwrap())
+            .with_release(holder.lock_id),
+    );
+    let seq = h.seq;
+    let written = write(&reply);
+    assert_eq!(written.version, seq);
+    assert_eq!(written.released_lock_id, Some(holder.lock_id));
+    assert_eq!(*h.machine.get("inv/count").unwrap().entry.value, json!(1));
+
+    // The release ended the lock and granted the waiter in the same command.
+    assert!(matches!(
+        h.machine.lock_state(holder.lock_id),
+        Ok(LockState::Ended {
+            status: EndReason::Released,
+            ..
+        })
+    ));
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups.len(), 1);
+    assert_eq!(wakeups[0].id, waiter);
+    assert_eq!(lock(&wakeups[0].reply).fence_token, Some(seq));
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![waiter]);
+
+    // Events: the write, then the release, then the grant, all at one seq,
+    // as if a put and a release had been applied back to back.
+    let events = h.take_events();
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EventKind::Put,
+            EventKind::LockReleased,
+            EventKind::LockGranted
+        ]
+    );
+    assert!(events.iter().all(|e| e.revision == seq));
+    assert_eq!(events[1].lock_id, Some(holder.lock_id));
+    assert_eq!(events[2].lock_id, Some(waiter));
+}
+
+#[test]
+fn patch_delete_and_counter_add_release_too() {
+    let mut h = Harness::new();
+    h.put("a", "doc/x", json!({"n": 1})).unwrap();
+    let ops = [
+        Op::Patch {
+            key: "doc/x".into(),
+            patch: Patch::Merge {
+                patch: json!({"n": 2}),
+            },
+            if_version: None,
+        },
+        Op::CounterAdd {
+            key: "doc/c".into(),
+            delta: 1,
+            min: None,
+            max: None,
+        },
+        Op::Delete {
+            key: "doc/x".into(),
+            if_version: None,
+        },
+    ];
+    for op in ops {
+        let id = lock(&h.acquire("a", None, &["doc/lock"], X, Some(10_000), 0)).lock_id;
+        let reply = h.run(Command::new("a", op).with_release(id)).unwrap();
+        let released = match reply {
+            Response::Write(w) => w.released_lock_id,
+            Response::Counter(c) => c.released_lock_id,
+            Response::Delete(d) => {
+                assert!(d.deleted);
+                d.released_lock_id
+            }
+            other => panic!("unexpected reply {other:?}"),
+        };
+        assert_eq!(released, Some(id));
+        assert!(held_by(&h, "doc/lock").is_empty());
+    }
+    assert_eq!(*h.machine.get("doc/c").unwrap().entry.value, json!(1));
+    assert_eq!(
+        h.machine.get("doc/x").unwrap_err().code,
+        ErrorCode::NotFound
+    );
+}
+
+#[test]
+fn a_refused_write_releases_nothing() {
+    let mut h = Harness::new();
+    h.put("a", "inv/count", json!(5)).unwrap();
+    let version = h.machine.get("inv/count").unwrap().entry.version;
+    let first = lock(&h.acquire("a", None, &["inv/sku-1"], X, Some(10_000), 0)).clone();
+    h.op(
+        "a",
+        Op::LockRelease {
+            lock_id: first.lock_id,
+        },
+    )
+    .unwrap();
+    let holder = lock(&h.acquire("a", None, &["inv/sku-1"], X, Some(10_000), 0)).clone();
+    let waiter = lock(&h.acquire("b", None, &["inv/sku-1"], X, Some(10_000), 5_000)).lock_id;
+    h.take_wakeups();
+    h.take_events();
+
+    // A stale if_version: CONCURRENT_MODIFICATION, and the lock stays held.
+    let conflict = h.run(
+        Command::new("a", put_op("inv/count", json!(6), Some(version + 100)))
+            .with_release(holder.lock_id),
+    );
+    assert_eq!(err(&conflict).code, ErrorCode::ConcurrentModification);
+    // A stale fence (the first lock's token): FENCED, and the lock stays held.
+    let fenced = h.run(
+        Command::new("a", put_op("inv/count", json!(6), None))
+            .with_fence("inv/sku-1", first.fence_token.unwrap())
+            .with_release(holder.lock_id),
+    );
+    assert_eq!(err(&fenced).code, ErrorCode::Fenced);
+
+    assert!(h.take_wakeups().is_empty());
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![holder.lock_id]);
+    let info = h.machine.key_locks("inv/sku-1").unwrap();
+    assert_eq!(info.waiters[0].lock_id, waiter);
+    let got = h.machine.get("inv/count").unwrap();
+    assert_eq!((got.entry.version, &*got.entry.value), (version, &json!(5)));
+    assert!(
+        h.take_events()
+            .iter()
+            .all(|e| e.kind != EventKind::LockReleased)
+    );
+}
+
+#[test]
+fn an_invalid_release_refuses_the_whole_command() {
+    let mut h = Harness::new();
+    h.put("a", "inv/count", json!(5)).unwrap();
+    let version = h.machine.get("inv/count").unwrap().entry.version;
+    let theirs = lock(&h.acquire("a", None, &["inv/sku-1"], X, Some(10_000), 0)).lock_id;
+    let waiting = lock(&h.acquire("b", None, &["inv/sku-1"], X, Some(10_000), 5_000)).lock_id;
+    let ended = lock(&h.acquire("b", None, &["other/k"], X, Some(10_000), 0)).lock_id;
+    h.op("b", Op::LockRelease { lock_id: ended }).unwrap();
+    h.take_events();
+
+    let cases = [
+        (theirs, ErrorCode::PermissionDenied),
+        (999_999, ErrorCode::NotFound),
+        (ended, ErrorCode::Fenced),
+        (waiting, ErrorCode::InvalidArgument),
+    ];
+    for (lock_id, code) in cases {
+        let reply =
+            h.run(Command::new("b", put_op("inv/count", json!(6), None)).with_release(lock_id));
+        let error = err(&reply);
+        assert_eq!(error.code, code, "release {lock_id}: {error:?}");
+    }
+    // Only state mutations carry a release.
+    let other_op = h.run(
+        Command::new(
+            "a",
+            Op::QuotaSet {
+                quota: "q/x".into(),
+                capacity: 1,
+                reset_used: false,
+            },
+        )
+        .with_release(theirs),
+    );
+    assert_eq!(err(&other_op).code, ErrorCode::InvalidArgument);
+    assert!(err(&other_op).message.starts_with("release"));
+
+    // Nothing applied: the key, the holder and the waiter are as they were.
+    let got = h.machine.get("inv/count").unwrap();
+    assert_eq!((got.entry.version, &*got.entry.value), (version, &json!(5)));
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![theirs]);
+    assert!(matches!(
+        h.machine.lock_state(waiting),
+        Ok(LockState::Live(LockInfo {
+            status: LockStatus::Waiting,
+            ..
+        }))
+    ));
+    assert!(h.machine.quota("q/x").is_err());
+    assert!(h.take_events().iter().all(|e| e.kind == EventKind::Refused));
+}
+
+#[test]
+fn an_idempotent_retry_of_a_write_with_release_does_not_release_twice() {
+    let mut h = Harness::new();
+    let holder = lock(&h.acquire("a", None, &["inv/sku-1"], X, Some(10_000), 0)).lock_id;
+    let next = lock(&h.acquire("b", None, &["inv/sku-1"], X, Some(10_000), 5_000)).lock_id;
+    let command = Command::new("a", put_op("inv/count", json!(1), None))
+        .with_idempotency_key("put-1")
+        .with_release(holder);
+    let first = h.run(command.clone());
+    assert_eq!(write(&first).released_lock_id, Some(holder));
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![next]);
+    h.take_wakeups();
+    h.take_events();
+
+    // The retry replays the recorded reply byte for byte and changes nothing:
+    // the next holder keeps its lock, the key keeps its version.
+    let retry = h.run(command.clone());
+    assert_eq!(
+        serde_json::to_value(retry.unwrap()).unwrap(),
+        serde_json::to_value(first.unwrap()).unwrap()
+    );
+    assert!(h.take_wakeups().is_empty());
+    assert!(h.take_events().is_empty());
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![next]);
+
+    // The same key with another release is another request.
+    let other = h.run(
+        Command::new("a", put_op("inv/count", json!(1), None))
+            .with_idempotency_key("put-1")
+            .with_release(next),
+    );
+    assert_eq!(err(&other).code, ErrorCode::IdempotencyMismatch);
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![next]);
+}
+
+#[test]
+fn a_txn_releases_only_when_its_compares_held() {
+    let mut h = Harness::new();
+    let holder = lock(&h.acquire("a", None, &["inv/sku-1"], X, Some(10_000), 0)).lock_id;
+    let waiter = lock(&h.acquire("b", None, &["inv/sku-1"], X, Some(10_000), 5_000)).lock_id;
+    let txn = |exists: bool| {
+        Op::Txn(Txn {
+            compares: vec![Compare {
+                key: "inv/count".into(),
+                version: None,
+                value: None,
+                exists: Some(exists),
+                op: CompareOp::Eq,
+            }],
+            success: vec![TxnOp::Put {
+                key: "inv/count".into(),
+                value: json!(1),
+                ttl_ms: None,
+            }],
+            failure: vec![TxnOp::Get {
+                key: "inv/count".into(),
+            }],
+        })
+    };
+
+    // The key does not exist: a compare of exists=true fails; the lock stays.
+    let failed = h
+        .run(Command::new("a", txn(true)).with_release(holder))
+        .unwrap();
+    let Response::Txn(failed) = failed else {
+        panic!("expected a txn result, got {failed:?}");
+    };
+    assert!(!failed.succeeded);
+    assert_eq!(failed.released_lock_id, None);
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![holder]);
+    assert!(h.take_wakeups().is_empty());
+
+    // Retried under the same lock with the right compare: applied and released.
+    let done = h
+        .run(Command::new("a", txn(false)).with_release(holder))
+        .unwrap();
+    let Response::Txn(done) = done else {
+        panic!("expected a txn result, got {done:?}");
+    };
+    assert!(done.succeeded);
+    assert_eq!(done.released_lock_id, Some(holder));
+    assert_eq!(held_by(&h, "inv/sku-1"), vec![waiter]);
+    assert_eq!(*h.machine.get("inv/count").unwrap().entry.value, json!(1));
+}
+
+#[test]
+fn commands_without_release_encode_as_before() {
+    let old = json!({"agent": "a", "op": {"op": "put", "key": "k/x", "value": 1}});
+    let command: Command = serde_json::from_value(old.clone()).unwrap();
+    assert_eq!(command.release, None);
+    assert_eq!(serde_json::to_value(&command).unwrap(), old);
+    let with = command.with_release(7);
+    assert_eq!(serde_json::to_value(&with).unwrap()["release"], 7);
+}

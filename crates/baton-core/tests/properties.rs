@@ -55,6 +55,15 @@ enum Step {
         agent: usize,
         pick: usize,
     },
+    /// A put that releases a lock that `owner` took (maybe another agent's,
+    /// maybe ended or still waiting) in the same command.
+    PutReleasing {
+        agent: usize,
+        owner: usize,
+        pick: usize,
+        key: usize,
+        value: i64,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -73,6 +82,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..3usize, 0..2usize).prop_map(|(agent, key)| Step::Delete { agent, key }),
         3 => (0..3usize, -2i64..3).prop_map(|(agent, delta)| Step::CounterAdd { agent, delta }),
         2 => (0..3usize, any::<usize>()).prop_map(|(agent, pick)| Step::FencedPut { agent, pick }),
+        3 => (0..3usize, 0..3usize, any::<usize>(), 0..2usize, -3i64..3)
+            .prop_map(|(agent, owner, pick, key, value)| Step::PutReleasing { agent, owner, pick, key, value }),
     ]
 }
 
@@ -431,6 +442,60 @@ impl Run {
                     valid,
                     "fenced write accepted iff the fence is current: {reply:?}"
                 );
+            }
+            Step::PutReleasing {
+                agent,
+                owner,
+                pick,
+                key,
+                value,
+            } => {
+                if self.mine[owner].is_empty() {
+                    return;
+                }
+                let id = self.mine[owner][pick % self.mine[owner].len()];
+                let before = self.machine.lock_state(id);
+                let held = matches!(
+                    &before,
+                    Ok(LockState::Live(LockInfo {
+                        status: LockStatus::Held,
+                        ..
+                    }))
+                );
+                let key = STATE_KEYS[key];
+                let command = Command::new(
+                    AGENTS[agent],
+                    Op::Put {
+                        key: key.into(),
+                        value: json!(value),
+                        if_version: None,
+                        if_absent: false,
+                        ttl_ms: None,
+                    },
+                )
+                .with_release(id);
+                let reply = self.apply(command);
+                // All or nothing: the write and the release both, or neither.
+                match reply {
+                    Ok(Response::Write(w)) => {
+                        assert!(held && agent == owner, "released {before:?} for {agent}");
+                        assert_eq!(w.released_lock_id, Some(id));
+                        assert!(matches!(
+                            self.machine.lock_state(id),
+                            Ok(LockState::Ended {
+                                status: EndReason::Released,
+                                ..
+                            })
+                        ));
+                        self.model.kv.insert(key.into(), (json!(value), self.seq));
+                        self.mine[owner].retain(|l| *l != id);
+                    }
+                    Err(e) => {
+                        assert!(!held || agent != owner, "refused a valid release: {e:?}");
+                        assert_eq!(self.machine.lock_state(id), before);
+                    }
+                    other => panic!("{other:?}"),
+                }
             }
         }
         self.check_invariants();

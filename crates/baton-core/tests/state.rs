@@ -198,7 +198,8 @@ fn delete_is_idempotent_and_guarded() {
         Response::Delete(DeleteResult {
             key: "d/k".into(),
             deleted: true,
-            previous_version: Some(v)
+            previous_version: Some(v),
+            released_lock_id: None,
         })
     );
     let again = h
@@ -215,7 +216,8 @@ fn delete_is_idempotent_and_guarded() {
         Response::Delete(DeleteResult {
             key: "d/k".into(),
             deleted: false,
-            previous_version: None
+            previous_version: None,
+            released_lock_id: None,
         })
     );
     assert_eq!(h.machine.get("d/k").unwrap_err().code, ErrorCode::NotFound);
