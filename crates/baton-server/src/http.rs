@@ -263,6 +263,18 @@ fn caller(headers: &HeaderMap) -> Result<Caller, Error> {
 
 impl AppState {
     async fn run(&self, headers: &HeaderMap, op: Op, fence: Option<Fence>) -> Response {
+        self.run_releasing(headers, op, fence, None).await
+    }
+
+    /// A state mutation, which may also release a lock the caller holds
+    /// (`"release": <lock id>`) in the same command.
+    async fn run_releasing(
+        &self,
+        headers: &HeaderMap,
+        op: Op,
+        fence: Option<Fence>,
+        release: Option<u64>,
+    ) -> Response {
         let reply = match caller(headers) {
             Ok(caller) => {
                 let command = Command {
@@ -270,6 +282,7 @@ impl AppState {
                     session: caller.session,
                     idempotency_key: caller.idempotency_key,
                     fence,
+                    release,
                     op,
                 };
                 self.sequencer.submit(command).await
@@ -635,6 +648,12 @@ struct PutBody {
     ttl_ms: Option<u64>,
     #[serde(default)]
     fence: Option<Fence>,
+    /// A lock you hold (its `lock_id`), released in the same commit once this
+    /// write applies: the next waiter is granted at once. Refused as a whole
+    /// if the lock is not held by you; a refused write (or a txn whose
+    /// compares failed) releases nothing.
+    #[serde(default)]
+    release: Option<u64>,
 }
 
 #[utoipa::path(put, path = "/v1/kv/{key}", summary = "Write a key (if_version / if_absent for compare-and-set)", request_body = PutBody, params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::WriteResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -652,7 +671,9 @@ async fn kv_put(
         if_absent: body.if_absent,
         ttl_ms: body.ttl_ms,
     };
-    state.run(&headers, op, body.fence).await
+    state
+        .run_releasing(&headers, op, body.fence, body.release)
+        .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -666,6 +687,12 @@ struct PatchBody {
     if_version: Option<u64>,
     #[serde(default)]
     fence: Option<Fence>,
+    /// A lock you hold (its `lock_id`), released in the same commit once this
+    /// write applies: the next waiter is granted at once. Refused as a whole
+    /// if the lock is not held by you; a refused write (or a txn whose
+    /// compares failed) releases nothing.
+    #[serde(default)]
+    release: Option<u64>,
 }
 
 #[utoipa::path(patch, path = "/v1/kv/{key}", summary = "Change part of a value: RFC 7396 merge or RFC 6902 JSON Patch", request_body = PatchBody, params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::WriteResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -687,7 +714,7 @@ async fn kv_patch(
     };
     let key = parsed!(key_path(key));
     state
-        .run(
+        .run_releasing(
             &headers,
             Op::Patch {
                 key,
@@ -695,6 +722,7 @@ async fn kv_patch(
                 if_version: body.if_version,
             },
             body.fence,
+            body.release,
         )
         .await
 }
@@ -706,6 +734,12 @@ struct DeleteBody {
     if_version: Option<u64>,
     #[serde(default)]
     fence: Option<Fence>,
+    /// A lock you hold (its `lock_id`), released in the same commit once this
+    /// write applies: the next waiter is granted at once. Refused as a whole
+    /// if the lock is not held by you; a refused write (or a txn whose
+    /// compares failed) releases nothing.
+    #[serde(default)]
+    release: Option<u64>,
 }
 
 #[utoipa::path(delete, path = "/v1/kv/{key}", summary = "Delete a key", request_body = DeleteBody, params(("key" = String, Path, description = "namespace/name")), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::DeleteResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -717,13 +751,14 @@ async fn kv_delete(
 ) -> Response {
     let key = parsed!(key_path(key));
     state
-        .run(
+        .run_releasing(
             &headers,
             Op::Delete {
                 key,
                 if_version: body.if_version,
             },
             body.fence,
+            body.release,
         )
         .await
 }
@@ -785,6 +820,12 @@ struct TxnBody {
     failure: Vec<TxnOp>,
     #[serde(default)]
     fence: Option<Fence>,
+    /// A lock you hold (its `lock_id`), released in the same commit once this
+    /// write applies: the next waiter is granted at once. Refused as a whole
+    /// if the lock is not held by you; a refused write (or a txn whose
+    /// compares failed) releases nothing.
+    #[serde(default)]
+    release: Option<u64>,
 }
 
 #[utoipa::path(post, path = "/v1/txn", summary = "Compares, then one branch of ops, all or nothing", request_body = TxnBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::TxnResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -798,7 +839,9 @@ async fn txn(
         success: body.success,
         failure: body.failure,
     });
-    state.run(&headers, op, body.fence).await
+    state
+        .run_releasing(&headers, op, body.fence, body.release)
+        .await
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -812,6 +855,12 @@ struct CounterBody {
     max: Option<i64>,
     #[serde(default)]
     fence: Option<Fence>,
+    /// A lock you hold (its `lock_id`), released in the same commit once this
+    /// write applies: the next waiter is granted at once. Refused as a whole
+    /// if the lock is not held by you; a refused write (or a txn whose
+    /// compares failed) releases nothing.
+    #[serde(default)]
+    release: Option<u64>,
 }
 
 #[utoipa::path(post, path = "/v1/counters/add", summary = "Add to a counter without crossing its bounds", request_body = CounterBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::CounterResult>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -826,7 +875,9 @@ async fn counter_add(
         min: body.min,
         max: body.max,
     };
-    state.run(&headers, op, body.fence).await
+    state
+        .run_releasing(&headers, op, body.fence, body.release)
+        .await
 }
 
 // ---- quotas and rate limits ---------------------------------------------------

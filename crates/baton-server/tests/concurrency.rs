@@ -136,3 +136,101 @@ async fn lock_protected_read_modify_write_with_fence_is_exact() {
     );
     server.stop().await;
 }
+
+/// The same critical sections, but the +1 write carries `release`: acquire,
+/// read, write-and-release. No client ever calls DELETE /v1/locks/{id}.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_that_releases_its_lock_loses_no_increment() {
+    let server = TestServer::start().await;
+    server
+        .client("setup")
+        .put("c/handoff", json!({"value": 0}))
+        .await
+        .ok();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let api = server.client(&format!("handoff-{client}"));
+        tasks.push(tokio::spawn(async move {
+            let mut sections = Vec::new();
+            for _ in 0..INCREMENTS {
+                let lock = api
+                    .post(
+                        "/v1/locks",
+                        json!({"keys": ["c/handoff-mutex"], "ttl_ms": 30_000, "wait_ms": 60_000}),
+                    )
+                    .await;
+                let lock = lock.ok().clone();
+                let (lock_id, fence) = (
+                    lock["lock_id"].as_u64().unwrap(),
+                    lock["fence_token"].as_u64().unwrap(),
+                );
+                let value = api.get("/v1/kv/c/handoff").await.ok()["value"]
+                    .as_i64()
+                    .unwrap();
+                let written = api
+                    .put(
+                        "c/handoff",
+                        json!({
+                            "value": value + 1,
+                            "fence": {"key": "c/handoff-mutex", "token": fence},
+                            "release": lock_id,
+                        }),
+                    )
+                    .await;
+                assert_eq!(written.ok()["released_lock_id"], lock_id);
+                sections.push((lock_id, written.ok()["version"].as_u64().unwrap()));
+            }
+            sections
+        }));
+    }
+    let mut sections = Vec::new();
+    for task in tasks {
+        sections.extend(
+            tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let api = server.client("check");
+    assert_eq!(sections.len(), CLIENTS * INCREMENTS);
+    assert_eq!(
+        api.get("/v1/kv/c/handoff").await.ok()["value"],
+        sections.len() as i64,
+        "final counter = completed critical sections"
+    );
+    let held = api.get("/v1/locks?key=c/handoff-mutex").await;
+    assert_eq!(held.ok()["holders"], json!([]), "every lock was released");
+
+    // The audit trail: every lock was released by the write of its own
+    // section, at that write's revision; nothing else released one.
+    let mut from = 1;
+    let mut released = Vec::new();
+    loop {
+        let page = api
+            .get(&format!(
+                "/v1/events?prefix=c/handoff-mutex&from_revision={from}&limit=1000"
+            ))
+            .await;
+        let events = page.ok()["events"].as_array().unwrap().clone();
+        if events.is_empty() {
+            break;
+        }
+        released.extend(
+            events
+                .iter()
+                .filter(|e| e["kind"] == "lock_released")
+                .map(|e| {
+                    (
+                        e["lock_id"].as_u64().unwrap(),
+                        e["revision"].as_u64().unwrap(),
+                    )
+                }),
+        );
+        from = page.ok()["next_revision"].as_u64().unwrap();
+    }
+    released.sort_unstable();
+    sections.sort_unstable();
+    assert_eq!(released, sections);
+    server.stop().await;
+}

@@ -401,6 +401,180 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn a_write_releases_the_lock_it_was_made_under_and_hands_it_on() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice");
+    let lock = alice
+        .post("/v1/locks", json!({"keys": ["r/mutex"], "ttl_ms": 30_000}))
+        .await;
+    let (lock_id, fence) = (
+        lock.ok()["lock_id"].as_u64().unwrap(),
+        lock.ok()["fence_token"].as_u64().unwrap(),
+    );
+    let bob = server.client("bob");
+    let waiting = tokio::spawn(async move {
+        bob.post(
+            "/v1/locks",
+            json!({"keys": ["r/mutex"], "ttl_ms": 30_000, "wait_ms": 20_000}),
+        )
+        .await
+    });
+    // Bob is queued before alice writes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alice.get("/v1/locks?key=r/mutex").await.ok()["waiters"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "bob never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let written = alice
+        .put(
+            "r/count",
+            json!({"value": 1, "fence": {"key": "r/mutex", "token": fence}, "release": lock_id}),
+        )
+        .await;
+    let version = written.ok()["version"].as_u64().unwrap();
+    assert_eq!(written.ok()["released_lock_id"], lock_id);
+    let granted = waiting.await.unwrap();
+    assert_eq!(granted.ok()["status"], "held");
+    assert_eq!(
+        granted.ok()["fence_token"],
+        version,
+        "the next holder is granted by the write's own command"
+    );
+    assert_eq!(
+        alice.get(&format!("/v1/locks/{lock_id}")).await.ok()["status"],
+        "released"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_state_mutation_takes_a_release() {
+    let server = TestServer::start().await;
+    let api = server.client("agent");
+    api.put("r/doc", json!({"value": {"n": 1}})).await.ok();
+    let calls: [(&str, &str, Value); 5] = [
+        ("PUT", "/v1/kv/r/doc", json!({"value": {"n": 2}})),
+        ("PATCH", "/v1/kv/r/doc", json!({"merge": {"n": 3}})),
+        (
+            "POST",
+            "/v1/txn",
+            json!({"success": [{"op": "put", "key": "r/other", "value": 1}]}),
+        ),
+        (
+            "POST",
+            "/v1/counters/add",
+            json!({"key": "r/n", "delta": 1}),
+        ),
+        ("DELETE", "/v1/kv/r/doc", json!({})),
+    ];
+    for (method, path, mut body) in calls {
+        let lock = api
+            .post("/v1/locks", json!({"keys": ["r/mutex"], "ttl_ms": 30_000}))
+            .await;
+        let lock_id = lock.ok()["lock_id"].as_u64().unwrap();
+        body["release"] = json!(lock_id);
+        let reply = api.call(method, path, Some(body), None).await;
+        assert_eq!(reply.ok()["released_lock_id"], lock_id, "{method} {path}");
+        assert_eq!(
+            api.get(&format!("/v1/locks/{lock_id}")).await.ok()["status"],
+            "released",
+            "{method} {path}"
+        );
+    }
+    // A txn whose compares fail keeps the lock.
+    let lock = api
+        .post("/v1/locks", json!({"keys": ["r/mutex"], "ttl_ms": 30_000}))
+        .await;
+    let lock_id = lock.ok()["lock_id"].as_u64().unwrap();
+    let failed = api
+        .post(
+            "/v1/txn",
+            json!({"compares": [{"key": "r/doc", "exists": true}], "release": lock_id}),
+        )
+        .await;
+    assert_eq!(failed.ok()["succeeded"], false);
+    assert!(failed.ok().get("released_lock_id").is_none());
+    assert_eq!(
+        api.get(&format!("/v1/locks/{lock_id}")).await.ok()["status"],
+        "held"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_or_foreign_release_applies_nothing() {
+    let server = TestServer::start().await;
+    let alice = server.client("alice");
+    alice.put("r/count", json!({"value": 5})).await.ok();
+    let lock = alice
+        .post("/v1/locks", json!({"keys": ["r/mutex"], "ttl_ms": 30_000}))
+        .await;
+    let lock_id = lock.ok()["lock_id"].as_u64().unwrap();
+
+    for body in [
+        json!({"value": 6, "release": "abc"}),
+        json!({"value": 6, "release": -1}),
+    ] {
+        let bad = alice.put("r/count", body).await;
+        assert_eq!((bad.status, bad.code()), (400, "INVALID_ARGUMENT"));
+        assert_eq!(
+            bad.body["error"]["details"]["field"], "release",
+            "{}",
+            bad.body
+        );
+        assert!(
+            bad.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("release"),
+            "{}",
+            bad.body
+        );
+    }
+    let bad_counter = alice
+        .post(
+            "/v1/counters/add",
+            json!({"key": "r/n", "delta": 1, "release": "abc"}),
+        )
+        .await;
+    assert_eq!(bad_counter.body["error"]["details"]["field"], "release");
+    let not_for_quotas = alice
+        .call(
+            "PUT",
+            "/v1/quotas/r/q",
+            Some(json!({"capacity": 1, "release": lock_id})),
+            None,
+        )
+        .await;
+    assert_eq!(not_for_quotas.status, 400);
+
+    let bob = server.client("bob");
+    let foreign = bob
+        .put("r/count", json!({"value": 6, "release": lock_id}))
+        .await;
+    assert_eq!((foreign.status, foreign.code()), (403, "PERMISSION_DENIED"));
+    let unknown = alice
+        .put("r/count", json!({"value": 6, "release": 999_999}))
+        .await;
+    assert_eq!((unknown.status, unknown.code()), (404, "NOT_FOUND"));
+
+    // Nothing applied: the value, its version and alice's lock are as they were.
+    let got = alice.get("/v1/kv/r/count").await;
+    assert_eq!(got.ok()["value"], 5);
+    assert_eq!(
+        alice.get(&format!("/v1/locks/{lock_id}")).await.ok()["status"],
+        "held"
+    );
+    assert!(alice.get("/v1/kv/r/n").await.code() == "NOT_FOUND");
+    server.stop().await;
+}
+
 /// Read SSE events (id, event, data) from a streaming response until `count` arrive.
 async fn read_sse(response: reqwest::Response, count: usize) -> Vec<(String, String, Value)> {
     let mut stream = response.bytes_stream();
@@ -599,6 +773,17 @@ async fn metrics_health_and_openapi() {
             openapi["components"]["schemas"][schema].is_object(),
             "missing schema {schema}"
         );
+    }
+    // Every state mutation's body documents `release`.
+    for body in [
+        "PutBody",
+        "PatchBody",
+        "DeleteBody",
+        "TxnBody",
+        "CounterBody",
+    ] {
+        let release = &openapi["components"]["schemas"][body]["properties"]["release"];
+        assert!(release.is_object(), "{body} has no release: {release}");
     }
     server.stop().await;
 }
