@@ -16,9 +16,12 @@
 //! let lock = client
 //!     .lock_acquire(&LockRequest::exclusive(["inventory/sku-1"]).ttl_ms(30_000).wait_ms(5_000))
 //!     .await?;
-//! let fenced = client.clone().with_fence("inventory/sku-1", lock.fence_token.unwrap_or(0));
+//! // The write is fenced, and releases the lock in its own commit.
+//! let fenced = client
+//!     .clone()
+//!     .with_fence("inventory/sku-1", lock.fence_token.unwrap_or(0))
+//!     .with_release(lock.lock_id);
 //! fenced.kv_put("inventory/sku-1", &serde_json::json!({"stock": 3}), Default::default()).await?;
-//! client.lock_release(lock.lock_id).await?;
 //! # Ok(()) }
 //! ```
 
@@ -67,6 +70,7 @@ pub struct Client {
     session: Option<u64>,
     idempotency_key: Option<String>,
     fence: Option<Fence>,
+    release: Option<u64>,
 }
 
 /// The events of a watch, as they happen; ends with one `Err` (see [`Client::watch`]).
@@ -141,6 +145,7 @@ impl Client {
             session: None,
             idempotency_key: None,
             fence: None,
+            release: None,
         })
     }
 
@@ -166,6 +171,21 @@ impl Client {
             key: key.into(),
             token,
         });
+        self
+    }
+
+    /// Adds `"release": lock_id` to mutation bodies: a state mutation
+    /// ([`Client::kv_put`], [`Client::kv_patch`], [`Client::kv_delete`],
+    /// [`Client::txn`], [`Client::counter_add`]) then releases that held lock
+    /// in its own command once it applies, and the next waiter is granted in
+    /// the same commit: no separate [`Client::lock_release`]. All or nothing:
+    /// a release of a lock this agent does not hold refuses the mutation
+    /// (NOT_FOUND, PERMISSION_DENIED, FENCED), and a refused mutation or a
+    /// txn whose compares failed keeps the lock. The answer's
+    /// `released_lock_id` says it was released. Other mutations refuse the
+    /// field (INVALID_ARGUMENT); the two releases ignore it.
+    pub fn with_release(mut self, lock_id: u64) -> Client {
+        self.release = Some(lock_id);
         self
     }
 
@@ -599,7 +619,7 @@ impl Client {
             builder = builder.header("Idempotency-Key", key);
         }
         let body = if mutation {
-            self.with_fence_in(request.body)
+            self.with_release_in(self.with_fence_in(request.body))
         } else {
             request.body
         };
@@ -651,6 +671,17 @@ impl Client {
                 "fence".to_string(),
                 serde_json::json!({ "key": fence.key, "token": fence.token }),
             );
+        }
+        Some(body)
+    }
+
+    fn with_release_in(&self, body: Option<Value>) -> Option<Value> {
+        let Some(lock_id) = self.release else {
+            return body;
+        };
+        let mut body = body.unwrap_or_else(|| Value::Object(Default::default()));
+        if let Value::Object(map) = &mut body {
+            map.insert("release".to_string(), Value::from(lock_id));
         }
         Some(body)
     }

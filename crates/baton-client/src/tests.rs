@@ -506,3 +506,60 @@ async fn a_semaphore_acquire_sends_its_fence_and_reads_the_permits() {
         json!({"key": "gpu/pool", "permits": 2, "capacity": 3, "ttl_ms": 30000, "fence": {"key": "deploy/prod", "token": 3}})
     );
 }
+
+/// `with_release` puts the lock id beside the state mutations' own fields
+/// (and beside the fence); without it nothing is added.
+#[test]
+fn the_release_goes_into_state_mutation_bodies() {
+    let client = Client::new("http://127.0.0.1:9", "bot")
+        .unwrap()
+        .with_release(5);
+    let requests = [
+        ApiRequest::kv_put("c/a", &json!(1), PutOptions::default()),
+        ApiRequest::kv_patch("c/a", &PatchRequest::Merge(json!({"n": 1})), Some(3)),
+        ApiRequest::kv_delete("c/a", None),
+        ApiRequest::txn(json!({"success": []})),
+        ApiRequest::counter_add("c/n", 1, None, Some(9)),
+    ];
+    for request in requests {
+        let sent = client.with_release_in(request.body.clone()).unwrap();
+        assert_eq!(sent["release"], 5, "{}", request.path);
+        let mut own = sent.clone();
+        own.as_object_mut().unwrap().remove("release");
+        assert_eq!(
+            own,
+            request.body.unwrap_or_else(|| json!({})),
+            "{}",
+            request.path
+        );
+    }
+    let plain = Client::new("http://127.0.0.1:9", "bot").unwrap();
+    assert_eq!(
+        plain.with_release_in(Some(json!({"value": 1}))),
+        Some(json!({"value": 1}))
+    );
+}
+
+#[tokio::test]
+async fn a_write_with_release_sends_it_beside_the_fence_and_reads_what_was_released() {
+    let (url, server) = serve_once(http_response(
+        "200 OK",
+        "application/json",
+        r#"{"ok":true,"result":{"key":"c/a","version":9,"previous_version":4,"released_lock_id":5}}"#,
+    ))
+    .await;
+    let written = Client::new(&url, "bot")
+        .unwrap()
+        .with_fence("c/lock", 5)
+        .with_release(5)
+        .kv_put("c/a", &json!(2), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(written.released_lock_id, Some(5));
+    let request = server.await.unwrap();
+    let body: Value = serde_json::from_str(request.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"value": 2, "fence": {"key": "c/lock", "token": 5}, "release": 5})
+    );
+}
