@@ -149,6 +149,90 @@ fn locks_acquire_status_list_renew_release_and_fence() {
 }
 
 #[test]
+fn a_write_with_release_hands_the_lock_to_the_next_waiter() {
+    let server = Server::start();
+    let lock = server.run(&["lock", "acquire", "rel/k", "--ttl", "30s"]);
+    let (lock_id, fence) = (
+        u64_of(&lock.ok()["lock_id"]).to_string(),
+        u64_of(&lock.ok()["fence_token"]),
+    );
+    // A rival queues for the lock in the background ...
+    let rival = server
+        .baton()
+        .env("BATON_AGENT", "rival")
+        .args(["lock", "acquire", "rel/k", "--ttl", "30s", "--wait", "20s"])
+        .spawn()
+        .expect("spawn rival");
+    let started = std::time::Instant::now();
+    while server.run(&["lock", "status", "--key", "rel/k"]).ok()["waiters"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the wait never showed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // ... and is granted by the fenced write that releases our lock.
+    let fence_arg = format!("rel/k:{fence}");
+    let put = server.run(&[
+        "kv",
+        "put",
+        "rel/count",
+        "1",
+        "--fence",
+        &fence_arg,
+        "--release",
+        &lock_id,
+    ]);
+    assert_eq!(put.ok()["released_lock_id"], u64_of(&lock.ok()["lock_id"]));
+    let granted = Reply::from_output(wait_bounded(rival));
+    assert_eq!(granted.ok()["status"], "held");
+    assert_eq!(granted.ok()["fence_token"], put.ok()["version"]);
+    let released = server.run(&["lock", "status", &lock_id]);
+    assert_eq!(released.ok()["status"], "released");
+    let rival_id = u64_of(&granted.ok()["lock_id"]).to_string();
+
+    // Someone else's lock: exit 4, and the counter is not written.
+    server
+        .run(&["counter", "add", "rel/n", "1", "--release", &rival_id])
+        .err("PERMISSION_DENIED", 4);
+    server.run(&["kv", "get", "rel/n"]).err("NOT_FOUND", 3);
+    assert_eq!(
+        server.run(&["lock", "status", &rival_id]).ok()["status"],
+        "held"
+    );
+    // The rival's own counter add releases it (text mode says so).
+    let added = Reply::of(
+        server
+            .baton()
+            .env("BATON_AGENT", "rival")
+            .env("BATON_OUTPUT", "text")
+            .args(["counter", "add", "rel/n", "1", "--release", &rival_id]),
+    );
+    assert_eq!(added.code, 0, "{added:?}");
+    assert_eq!(
+        added.stdout.trim(),
+        format!("rel/n: 1; released lock {rival_id}")
+    );
+    assert_eq!(
+        server.run(&["lock", "status", &rival_id]).ok()["status"],
+        "released"
+    );
+
+    // Only integers, and only on the state mutations.
+    let bad = server.run(&["kv", "put", "rel/count", "2", "--release", "abc"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("--release"), "{bad:?}");
+    let not_here = server.run(&["quota", "set", "rel/q", "5", "--release", "1"]);
+    assert_eq!(not_here.code, 2, "{not_here:?}");
+    assert_eq!(server.run(&["kv", "get", "rel/count"]).ok()["value"], 1);
+}
+
+#[test]
 fn a_wait_that_would_close_a_cycle_is_a_deadlock() {
     let server = Server::start();
     let as_agent = |agent: &str, args: &[&str]| {

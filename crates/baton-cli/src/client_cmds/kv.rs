@@ -9,7 +9,7 @@ use baton_core::{Error, ErrorCode};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use super::{ConnArgs, WriteArgs, call, json_arg, parse_duration_ms, text};
+use super::{ConnArgs, StateWriteArgs, call, json_arg, parse_duration_ms, text};
 use crate::output::{OutputMode, value_text};
 
 #[derive(Debug, Args)]
@@ -53,6 +53,7 @@ Examples:
   baton kv put config/app '{\"region\":\"us-east-1\"}' --if-version 4
   baton kv put drafts/plan '\"first draft\"' --ttl 10m
   baton kv put jobs/42 '{\"state\":\"new\"}' --if-absent
+  baton kv put inv/count 4 --fence inv/sku-1:17 --release 17   # write, then release lock 17 in the same commit
   cat value.json | baton kv put config/app -")]
     Put {
         /// The key, as namespace/name
@@ -68,7 +69,7 @@ Examples:
         #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
         ttl: Option<u64>,
         #[command(flatten)]
-        write: WriteArgs,
+        write: StateWriteArgs,
     },
     /// Change part of a value: RFC 7396 merge patch or RFC 6902 JSON Patch
     #[command(after_help = "\
@@ -92,7 +93,7 @@ Examples:
         #[command(flatten)]
         if_version: IfVersion,
         #[command(flatten)]
-        write: WriteArgs,
+        write: StateWriteArgs,
     },
     /// Delete a key (deleting an absent key is fine: deleted=false)
     #[command(
@@ -105,7 +106,7 @@ Examples:
         #[command(flatten)]
         if_version: IfVersion,
         #[command(flatten)]
-        write: WriteArgs,
+        write: StateWriteArgs,
     },
     /// List keys under a prefix, one page at a time
     #[command(after_help = "\
@@ -145,7 +146,7 @@ Examples:
         /// The txn as JSON; - or nothing reads stdin
         txn: Option<String>,
         #[command(flatten)]
-        write: WriteArgs,
+        write: StateWriteArgs,
     },
 }
 
@@ -172,7 +173,7 @@ pub fn run(args: KvArgs, mode: OutputMode) -> i32 {
                 };
                 ApiRequest::kv_put(key, &value, options)
             });
-            call(mode, conn, Some(write), request, written)
+            call(mode, conn, Some(&write.args()), request, written)
         }
         KvCommand::Patch {
             key,
@@ -190,7 +191,7 @@ pub fn run(args: KvArgs, mode: OutputMode) -> i32 {
             };
             let request =
                 patch.map(|patch| ApiRequest::kv_patch(key, &patch, if_version.if_version));
-            call(mode, conn, Some(write), request, written)
+            call(mode, conn, Some(&write.args()), request, written)
         }
         KvCommand::Del {
             key,
@@ -199,15 +200,16 @@ pub fn run(args: KvArgs, mode: OutputMode) -> i32 {
         } => call(
             mode,
             conn,
-            Some(write),
+            Some(&write.args()),
             Ok(ApiRequest::kv_delete(key, if_version.if_version)),
             |v| {
                 text::typed(v, |d: DeleteResult| {
-                    if d.deleted {
+                    let done = if d.deleted {
                         format!("{}: deleted", d.key)
                     } else {
                         format!("{}: was not there; nothing deleted", d.key)
-                    }
+                    };
+                    done + &released_text(d.released_lock_id)
                 })
             },
         ),
@@ -240,16 +242,17 @@ pub fn run(args: KvArgs, mode: OutputMode) -> i32 {
                     ))
                 }
             });
-            call(mode, conn, Some(write), request, |v| {
+            call(mode, conn, Some(&write.args()), request, |v| {
                 let succeeded = v["succeeded"].as_bool().unwrap_or(false);
                 format!(
-                    "txn {} at revision {}\n{}",
+                    "txn {} at revision {}{}\n{}",
                     if succeeded {
                         "succeeded: ran `success`"
                     } else {
                         "compares failed: ran `failure`"
                     },
                     v["revision"],
+                    released_text(v["released_lock_id"].as_u64()),
                     value_text(&v["results"])
                 )
             })
@@ -265,7 +268,13 @@ fn write_text(w: WriteResult) -> String {
     if let Some(at) = w.expires_at {
         out.push_str(&format!(", expires {}", text::time(at)));
     }
+    out.push_str(&released_text(w.released_lock_id));
     out
+}
+
+/// `; released lock N` when the write released one (`--release`).
+fn released_text(released_lock_id: Option<u64>) -> String {
+    released_lock_id.map_or_else(String::new, |id| format!("; released lock {id}"))
 }
 
 fn list_text(list: ListResult) -> String {
@@ -338,7 +347,7 @@ enum CounterCommand {
         #[arg(long)]
         max: Option<i64>,
         #[command(flatten)]
-        write: WriteArgs,
+        write: StateWriteArgs,
     },
     /// Print a counter's value (0 if it was never written)
     #[command(after_help = "Example:\n  baton counter get quota/api-calls")]
@@ -360,9 +369,18 @@ pub fn run_counter(args: CounterArgs, mode: OutputMode) -> i32 {
         } => call(
             mode,
             conn,
-            Some(write),
+            Some(&write.args()),
             Ok(ApiRequest::counter_add(key, *delta, *min, *max)),
-            |v| text::typed(v, |c: CounterResult| format!("{}: {}", c.key, c.value)),
+            |v| {
+                text::typed(v, |c: CounterResult| {
+                    format!(
+                        "{}: {}{}",
+                        c.key,
+                        c.value,
+                        released_text(c.released_lock_id)
+                    )
+                })
+            },
         ),
         CounterCommand::Get { key } => {
             // A counter never written reads as 0, like `add` treats it.

@@ -142,8 +142,8 @@ pub fn run(args: LockArgs, mode: OutputMode) -> i32 {
                     let mut out = text::lock(&lock);
                     if let (Some(token), Some(key)) = (lock.fence_token, lock.keys.first()) {
                         out.push_str(&format!(
-                            "\nwrite with --fence {key}:{token}; release with `baton lock release {}`",
-                            lock.lock_id
+                            "\nwrite with --fence {key}:{token}; release with the last write (--release {id}) or `baton lock release {id}`",
+                            id = lock.lock_id
                         ));
                     }
                     out

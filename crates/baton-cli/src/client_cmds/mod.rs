@@ -140,6 +140,10 @@ pub struct WriteArgs {
     /// holder of KEY, e.g. --fence inventory/sku-1:17
     #[arg(long, value_name = "KEY:TOKEN", value_parser = parse_fence, help_heading = "Write safety")]
     pub fence: Option<(String, u64)>,
+
+    /// Set from `StateWriteArgs`: only the state mutations take `--release`.
+    #[arg(skip)]
+    pub release: Option<u64>,
 }
 
 impl WriteArgs {
@@ -150,7 +154,34 @@ impl WriteArgs {
         if let Some((key, token)) = &self.fence {
             client = client.with_fence(key, *token);
         }
+        if let Some(lock_id) = self.release {
+            client = client.with_release(lock_id);
+        }
         client
+    }
+}
+
+/// Options of the state mutations (kv put/patch/del/txn, counter add):
+/// every mutation's, plus releasing a held lock in the same commit.
+#[derive(Debug, Clone, Args)]
+pub struct StateWriteArgs {
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Release lock LOCK_ID (one you hold) in the same commit, once the write
+    /// has applied: no `baton lock release` needed. If the write is refused,
+    /// or the lock is not yours and held (exit 3, 4 or 7), nothing applies
+    /// and the lock stays as it was; a txn whose compares failed keeps it
+    #[arg(long, value_name = "LOCK_ID", help_heading = "Write safety")]
+    pub release: Option<u64>,
+}
+
+impl StateWriteArgs {
+    pub fn args(&self) -> WriteArgs {
+        WriteArgs {
+            release: self.release,
+            ..self.write.clone()
+        }
     }
 }
 
@@ -168,6 +199,7 @@ impl RetryArgs {
         WriteArgs {
             idempotency_key: self.idempotency_key.clone(),
             fence: None,
+            release: None,
         }
     }
 }
