@@ -232,6 +232,39 @@ async def test_errors_say_what_to_do(baton, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_write_releases_the_lock_it_was_made_under(baton, transport):
+    n = ns()
+    async with connect(baton, transport) as a, connect(baton, transport) as b:
+        envelope, text = await call(a, "lock_acquire", keys=[f"{n}/l"], ttl_ms=60000)
+        lock = envelope["result"]
+        lock_id = lock["lock_id"]
+        assert f'"release": {lock_id}' in text, text
+        fence = {"key": f"{n}/l", "token": lock["fence_token"]}
+
+        # Someone else's lock, or a refused write: nothing applies, the lock stays.
+        foreign = await fails(b, "state_put", key=f"{n}/k", value=1, release=lock_id)
+        assert foreign.code == "PERMISSION_DENIED"
+        assert (await fails(b, "state_get", key=f"{n}/k")).code == "NOT_FOUND"
+        stale = await fails(a, "state_put", key=f"{n}/k", value=1, if_version=7, fence=fence, release=lock_id)
+        assert stale.code == "CONCURRENT_MODIFICATION"
+        failed, text = await call(
+            a, "state_txn", compares=[{"key": f"{n}/k", "exists": True}], success=[], release=lock_id
+        )
+        assert failed["result"]["succeeded"] is False and "NOT released" in text, text
+        assert [l["lock_id"] for l in (await ok(a, "held"))["locks"]] == [lock_id]
+
+        # The write and the release in one call: held forgets the lock, b may take it.
+        envelope, text = await call(a, "state_put", key=f"{n}/k", value=1, fence=fence, release=lock_id)
+        assert envelope["result"]["released_lock_id"] == lock_id and f"Released lock {lock_id}" in text, text
+        assert (await ok(a, "held"))["locks"] == []
+        assert (await ok(a, "lock_status", lock_id=lock_id))["held"] is False
+        theirs = await ok(b, "lock_acquire", keys=[f"{n}/l"])
+        added = await ok(b, "counter_add", key=f"{n}/n", delta=1, release=theirs["lock_id"])
+        assert added["released_lock_id"] == theirs["lock_id"]
+        assert (await ok(b, "held"))["locks"] == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_bad_input_names_the_field_and_applies_nothing(baton, transport):
     n = ns()
     async with connect(baton, transport) as client:

@@ -140,6 +140,31 @@ impl BatonMcp {
         Ok(client)
     }
 
+    /// The writer of a state mutation that may release a held lock.
+    async fn state_writer(
+        &self,
+        fence: &Option<FenceArg>,
+        idempotency_key: &Option<String>,
+        release: Option<u64>,
+    ) -> Result<Client, Error> {
+        let client = self.writer(fence, idempotency_key).await?;
+        Ok(match release {
+            Some(lock_id) => client.with_release(lock_id),
+            None => client,
+        })
+    }
+
+    /// After a write that released a lock: stop tracking it, and say so.
+    fn released(&self, released_lock_id: Option<u64>) -> String {
+        match released_lock_id {
+            Some(lock_id) => {
+                self.connection.untrack_lock(lock_id);
+                format!(" Released lock {lock_id} with it.")
+            }
+            None => String::new(),
+        }
+    }
+
     // ---- sessions and what this agent holds ----
 
     async fn session_info(&self) -> Result<Done, Error> {
@@ -200,9 +225,9 @@ impl BatonMcp {
                 " It lasts as long as this connection."
             };
             let text = format!(
-                "Holding {}.{fence}{renew} Call lock_release {{\"lock_id\": {}}} when done.",
+                "Holding {}.{fence}{renew} When done, pass \"release\": {id} with your last write, or call lock_release {{\"lock_id\": {id}}}.",
                 describe_lock(&lock),
-                info.lock_id
+                id = info.lock_id
             );
             self.connection.track_lock(lock);
             text
@@ -391,37 +416,45 @@ impl BatonMcp {
     }
 
     async fn state_put(&self, args: StatePutArgs) -> Result<Done, Error> {
-        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let client = self
+            .state_writer(&args.fence, &args.idempotency_key, args.release)
+            .await?;
         let options = PutOptions {
             if_version: args.if_version,
             if_absent: args.if_absent,
             ttl_ms: args.ttl_ms,
         };
         let written = client.kv_put(&args.key, &args.value, options).await?;
-        let summary = written_summary(&args.key, written.version, written.previous_version);
+        let summary = written_summary(&args.key, written.version, written.previous_version)
+            + &self.released(written.released_lock_id);
         Done::new(written, summary)
     }
 
     async fn state_patch(&self, args: StatePatchArgs) -> Result<Done, Error> {
-        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let client = self
+            .state_writer(&args.fence, &args.idempotency_key, args.release)
+            .await?;
         let patch = match (args.merge, args.json_patch) {
             (Some(merge), _) => PatchRequest::Merge(merge),
             (None, Some(ops)) => PatchRequest::JsonPatch(Value::Array(ops)),
             (None, None) => return Err(Error::invalid("merge", "give merge or json_patch")),
         };
         let written = client.kv_patch(&args.key, &patch, args.if_version).await?;
-        let summary = written_summary(&args.key, written.version, written.previous_version);
+        let summary = written_summary(&args.key, written.version, written.previous_version)
+            + &self.released(written.released_lock_id);
         Done::new(written, summary)
     }
 
     async fn state_delete(&self, args: StateDeleteArgs) -> Result<Done, Error> {
-        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let client = self
+            .state_writer(&args.fence, &args.idempotency_key, args.release)
+            .await?;
         let deleted = client.kv_delete(&args.key, args.if_version).await?;
         let summary = if deleted.deleted {
             format!("Deleted {:?}.", args.key)
         } else {
             format!("{:?} did not exist; nothing deleted.", args.key)
-        };
+        } + &self.released(deleted.released_lock_id);
         Done::new(deleted, summary)
     }
 
@@ -463,7 +496,9 @@ impl BatonMcp {
             let path = error.path().to_string();
             Error::invalid(&path, error.into_inner())
         })?;
-        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let client = self
+            .state_writer(&args.fence, &args.idempotency_key, args.release)
+            .await?;
         let result = client.txn(&txn).await?;
         let summary = if result.succeeded {
             format!(
@@ -472,19 +507,27 @@ impl BatonMcp {
             )
         } else {
             format!(
-                "A compare failed: the failure ops ran instead ({} result(s)).",
-                result.results.len()
+                "A compare failed: the failure ops ran instead ({} result(s)).{}",
+                result.results.len(),
+                if args.release.is_some() {
+                    " The lock was NOT released: you still hold it."
+                } else {
+                    ""
+                }
             )
-        };
+        } + &self.released(result.released_lock_id);
         Done::new(result, summary)
     }
 
     async fn counter_add(&self, args: CounterAddArgs) -> Result<Done, Error> {
-        let client = self.writer(&args.fence, &args.idempotency_key).await?;
+        let client = self
+            .state_writer(&args.fence, &args.idempotency_key, args.release)
+            .await?;
         let counter = client
             .counter_add(&args.key, args.delta, args.min, args.max)
             .await?;
-        let summary = format!("{:?} is now {}.", args.key, counter.value);
+        let summary = format!("{:?} is now {}.", args.key, counter.value)
+            + &self.released(counter.released_lock_id);
         Done::new(counter, summary)
     }
 

@@ -176,6 +176,11 @@ pub struct StatePutArgs {
     pub ttl_ms: Option<u64>,
     /// Refuse the write (FENCED) unless this lock token is still current.
     pub fence: Option<FenceArg>,
+    /// A `lock_id` you hold: released together with this write, once it
+    /// applies (the next waiter gets the lock at once; no lock_release
+    /// needed). If the write is refused, or the lock is not held by you,
+    /// nothing applies and the lock stays as it was.
+    pub release: Option<u64>,
     /// Any unique string: a retry with the same key is not applied twice.
     #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
     pub idempotency_key: Option<String>,
@@ -199,6 +204,11 @@ pub struct StatePatchArgs {
     pub if_version: Option<u64>,
     /// Refuse the write (FENCED) unless this lock token is still current.
     pub fence: Option<FenceArg>,
+    /// A `lock_id` you hold: released together with this write, once it
+    /// applies (the next waiter gets the lock at once; no lock_release
+    /// needed). If the write is refused, or the lock is not held by you,
+    /// nothing applies and the lock stays as it was.
+    pub release: Option<u64>,
     /// Any unique string: a retry with the same key is not applied twice.
     #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
     pub idempotency_key: Option<String>,
@@ -215,6 +225,11 @@ pub struct StateDeleteArgs {
     pub if_version: Option<u64>,
     /// Refuse the delete (FENCED) unless this lock token is still current.
     pub fence: Option<FenceArg>,
+    /// A `lock_id` you hold: released together with this write, once it
+    /// applies (the next waiter gets the lock at once; no lock_release
+    /// needed). If the write is refused, or the lock is not held by you,
+    /// nothing applies and the lock stays as it was.
+    pub release: Option<u64>,
     /// Any unique string: a retry with the same key is not applied twice.
     #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
     pub idempotency_key: Option<String>,
@@ -273,6 +288,11 @@ pub struct StateTxnArgs {
     pub failure: Vec<Value>,
     /// Refuse the txn (FENCED) unless this lock token is still current.
     pub fence: Option<FenceArg>,
+    /// A `lock_id` you hold: released together with this write, once it
+    /// applies (the next waiter gets the lock at once; no lock_release
+    /// needed). If the write is refused, or the lock is not held by you,
+    /// nothing applies and the lock stays as it was.
+    pub release: Option<u64>,
     /// Any unique string: a retry with the same key is not applied twice.
     #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
     pub idempotency_key: Option<String>,
@@ -293,6 +313,11 @@ pub struct CounterAddArgs {
     pub max: Option<i64>,
     /// Refuse (FENCED) unless this lock token is still current.
     pub fence: Option<FenceArg>,
+    /// A `lock_id` you hold: released together with this write, once it
+    /// applies (the next waiter gets the lock at once; no lock_release
+    /// needed). If the write is refused, or the lock is not held by you,
+    /// nothing applies and the lock stays as it was.
+    pub release: Option<u64>,
     /// Any unique string: a retry with the same key is not applied twice.
     #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
     pub idempotency_key: Option<String>,
@@ -1084,7 +1109,7 @@ pub fn all() -> Vec<Tool> {
         ),
         tool::<LockAcquireArgs>(
             "lock_acquire",
-            "Take a lock on one or more keys before changing what they protect; all keys are taken together or none is (lock everything one piece of work needs in ONE call, so two agents can never deadlock). Returns lock_id and fence_token: pass `fence: {key, token}` to every write made under the lock, so a write made after you lost the lock is refused instead of silently overwriting someone else's work. Always lock_release when done. With wait_ms the call queues until granted. Errors: CONCURRENT_MODIFICATION = someone else holds it (details.holders): wait retry_after_ms and try again, or pass wait_ms; DEADLOCK = waiting would deadlock: release what you hold and take all keys in one call.",
+            "Take a lock on one or more keys before changing what they protect; all keys are taken together or none is (lock everything one piece of work needs in ONE call, so two agents can never deadlock). Returns lock_id and fence_token: pass `fence: {key, token}` to every write made under the lock, so a write made after you lost the lock is refused instead of silently overwriting someone else's work. Always release when done: pass `release: lock_id` with your last write (state_put, state_patch, state_delete, state_txn, counter_add), or call lock_release. With wait_ms the call queues until granted. Errors: CONCURRENT_MODIFICATION = someone else holds it (details.holders): wait retry_after_ms and try again, or pass wait_ms; DEADLOCK = waiting would deadlock: release what you hold and take all keys in one call.",
             writes(false, false),
         ),
         tool::<LockIdArgs>(
@@ -1119,7 +1144,7 @@ pub fn all() -> Vec<Tool> {
         ),
         tool::<StatePutArgs>(
             "state_put",
-            "Replace a key's whole JSON value. When the new value is computed from a value you read, ALWAYS pass if_version (the version you read; 0 = must not exist yet), or hold a lock and pass its fence. To change one field, prefer state_patch with a merge patch. Errors: CONCURRENT_MODIFICATION = the key changed since you read it (details.current_version and current_value hold the current state): redo your change on the current value and put again with if_version = current_version; FENCED = you no longer hold the lock: stop writing.",
+            "Replace a key's whole JSON value. When the new value is computed from a value you read, ALWAYS pass if_version (the version you read; 0 = must not exist yet), or hold a lock and pass its fence (and `release: lock_id` on your last write under it). To change one field, prefer state_patch with a merge patch. Errors: CONCURRENT_MODIFICATION = the key changed since you read it (details.current_version and current_value hold the current state): redo your change on the current value and put again with if_version = current_version; FENCED = you no longer hold the lock: stop writing.",
             writes(true, false),
         ),
         tool::<StatePatchArgs>(
@@ -1144,7 +1169,7 @@ pub fn all() -> Vec<Tool> {
         ),
         tool::<StateTxnArgs>(
             "state_txn",
-            "Change several keys atomically: if every compare holds, run `success`, else run `failure`; all ops apply or none does. Use it to move a value between keys, or to write one key only if others are unchanged. Result `succeeded` says which branch ran.",
+            "Change several keys atomically: if every compare holds, run `success`, else run `failure`; all ops apply or none does. Use it to move a value between keys, or to write one key only if others are unchanged. Result `succeeded` says which branch ran. With `release`, the lock is released only if `succeeded` is true (otherwise you still hold it and may retry).",
             writes(true, false),
         ),
         tool::<CounterAddArgs>(
