@@ -232,14 +232,12 @@ async fn one_op(
             if shared.inside.swap(true, Ordering::SeqCst) {
                 shared.violations.fetch_add(1, Ordering::SeqCst);
             }
-            let written = conn
-                .increment_under_lock(&key, &held, &shared.keys.counter())
-                .await;
-            shared.inside.store(false, Ordering::SeqCst);
-            // Release even if the write failed: the lock must not leak.
-            let released = conn.release(&key, held).await;
-            written?;
-            released?;
+            // Baton's write releases the lock and grants the next holder in
+            // one commit, so the section is left before that write is sent.
+            conn.increment_and_release(&key, held, &shared.keys.counter(), || {
+                shared.inside.store(false, Ordering::SeqCst)
+            })
+            .await?;
             Ok(Done {
                 latency: acquired,
                 conflicts: 0,

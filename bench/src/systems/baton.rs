@@ -1,6 +1,7 @@
 //! Baton through its Rust client (HTTP/JSON): locks that queue server-side
-//! (FIFO, granted on release), fenced writes, `if_version` compare-and-set
-//! whose conflict carries the current value, and the atomic `counter add`.
+//! (FIFO, granted on release), fenced writes that release their lock in the
+//! same command, `if_version` compare-and-set whose conflict carries the
+//! current value, and the atomic `counter add`.
 
 use std::time::Duration;
 
@@ -47,20 +48,46 @@ impl Conn {
         }
     }
 
-    pub async fn increment_fenced(
+    /// The rest of a critical section: read the counter, then one command
+    /// that writes it + 1 (fenced) and releases the lock, granting the next
+    /// waiter in the same commit. `leave` runs once the client stops acting
+    /// under the lock: before that last command, which ends the lock itself.
+    pub async fn increment_and_release(
         &mut self,
         lock_key: &str,
+        lock_id: u64,
         fence_token: u64,
         counter: &str,
+        leave: impl FnOnce(),
     ) -> OpResult<i64> {
-        let (value, _) = self.read_counter(counter).await?;
-        let next = value + 1;
-        self.client
+        let read = self.read_counter(counter).await;
+        leave();
+        let next = match read {
+            Ok((value, _)) => value + 1,
+            Err(error) => {
+                // The lock must not leak.
+                let _ = self.client.lock_release(lock_id).await;
+                return Err(error);
+            }
+        };
+        let written = self
+            .client
             .clone()
             .with_fence(lock_key, fence_token)
+            .with_release(lock_id)
             .kv_put(counter, &Value::from(next), PutOptions::default())
-            .await?;
-        Ok(next)
+            .await;
+        match written {
+            Ok(written) if written.released_lock_id == Some(lock_id) => Ok(next),
+            Ok(_) => Err(OpError(format!(
+                "the write under lock {lock_id} applied without releasing it"
+            ))),
+            Err(error) => {
+                // Refused as a whole: the lock may still be held, so release it.
+                let _ = self.client.lock_release(lock_id).await;
+                Err(error.into())
+            }
+        }
     }
 
     /// Read, then `if_version`; a conflict answers with the current version

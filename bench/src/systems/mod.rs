@@ -134,25 +134,43 @@ impl Conn {
         }
     }
 
-    /// Inside the lock: read the counter, write it + 1, fenced where the
-    /// system has fences. Returns the value written.
-    pub async fn increment_under_lock(
+    /// The rest of a critical section: read the counter, write it + 1
+    /// (fenced where the system has fences), release the lock even if the
+    /// write failed. Baton's write carries the release itself (one command);
+    /// the others release with a call of their own. `leave` runs when the
+    /// client stops acting under the lock. Returns the value written.
+    pub async fn increment_and_release(
         &mut self,
         lock_key: &str,
-        held: &Held,
+        held: Held,
         counter: &str,
+        leave: impl FnOnce(),
     ) -> OpResult<i64> {
-        match (self, held) {
-            (Conn::Baton(c), Held::Baton { fence_token, .. }) => {
-                c.increment_fenced(lock_key, *fence_token, counter).await
-            }
+        if let (
+            Conn::Baton(c),
+            Held::Baton {
+                lock_id,
+                fence_token,
+            },
+        ) = (&mut *self, &held)
+        {
+            return c
+                .increment_and_release(lock_key, *lock_id, *fence_token, counter, leave)
+                .await;
+        }
+        let written = match (&mut *self, &held) {
             (Conn::Etcd(c), Held::Etcd { owner_key }) => {
                 c.increment_fenced(owner_key, counter).await
             }
             (Conn::Redis(c), _) => c.increment_unfenced(counter).await,
             (Conn::Pg(c), _) => c.increment_unfenced(counter).await,
             (_, held) => Err(OpError(format!("{held:?} is not this system's lock"))),
-        }
+        };
+        leave();
+        let released = self.release(lock_key, held).await;
+        let written = written?;
+        released?;
+        Ok(written)
     }
 
     /// Read + compare-and-set until it succeeds; returns the conflicts met.
