@@ -55,6 +55,11 @@ impl Drop for ServerProcess {
 
 /// Start `baton serve` on `dir`; returns once it listens (bounded).
 fn start(dir: &Path, port: u16) -> ServerProcess {
+    start_with(dir, port, &[])
+}
+
+/// [`start`] with extra `baton serve` flags.
+fn start_with(dir: &Path, port: u16, flags: &[&str]) -> ServerProcess {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -68,6 +73,7 @@ fn start(dir: &Path, port: u16) -> ServerProcess {
             "--data-dir",
         ])
         .arg(dir.join("data"))
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -164,8 +170,11 @@ fn sigkill_under_write_load_never_loses_an_acknowledged_write() {
         rng
     };
     let mut total_acked = 0usize;
+    // Snapshots every 200 commands: kills also land while a snapshot is
+    // being written off the writer thread and while the log is truncated.
+    let flags = ["--snapshot-every-commands", "200"];
     for cycle in 0..CRASH_CYCLES {
-        let mut child = start(dir.path(), port);
+        let mut child = start_with(dir.path(), port, &flags);
         // Everything acknowledged before must have survived the kill.
         let client = Client::new(&url, "checker").unwrap();
         for (key, version) in acked.lock().unwrap().iter() {
@@ -212,12 +221,23 @@ fn sigkill_under_write_load_never_loses_an_acknowledged_write() {
             total_acked += rt.block_on(writer).unwrap() as usize;
         }
     }
-    let mut child = start(dir.path(), port);
+    let mut child = start_with(dir.path(), port, &flags);
     let client = Client::new(&url, "checker").unwrap();
     for (key, version) in acked.lock().unwrap().iter() {
         let got = rt.block_on(client.kv_get(key)).unwrap();
         assert!(got.entry.version >= *version);
     }
+    let snapshots = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".snap")
+        })
+        .count();
+    assert_eq!(snapshots, 1, "snapshots were taken and older ones removed");
     assert!(
         acked.lock().unwrap().len() > 10,
         "the load must have written under the kills ({total_acked} attempts)"

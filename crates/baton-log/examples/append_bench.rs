@@ -73,11 +73,12 @@ fn main() {
         log.append(&batch[..left.min(batch.len())]).expect("append");
     }
     println!(
-        "built a {BIG_LOG_ENTRIES}-entry log in {:.2} s; file {} MB",
+        "built a {BIG_LOG_ENTRIES}-entry log in {:.2} s; segments {} MB",
         start.elapsed().as_secs_f64(),
-        std::fs::metadata(dir.join(baton_log::DB_FILE_NAME))
+        std::fs::read_dir(&dir)
             .unwrap()
-            .len()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum::<u64>()
             / 1_000_000
     );
     let snapshot_seq = BIG_LOG_ENTRIES - TAIL_AFTER_SNAPSHOT;

@@ -6,7 +6,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::{Entry, Log, LogError, Seq, Snapshot};
+use crate::{Entry, Log, LogError, Seq, Snapshot, SnapshotStore};
 
 /// Which faults to inject; shared between a [`FaultyLog`] and the test that
 /// controls it, so faults can be flipped while the server owns the log.
@@ -143,5 +143,29 @@ impl<L: Log> Log for FaultyLog<L> {
 
     fn truncate_before(&mut self, seq: Seq) -> Result<(), LogError> {
         self.inner.truncate_before(seq)
+    }
+
+    fn snapshot_store(&self) -> Option<Arc<dyn SnapshotStore>> {
+        let inner = self.inner.snapshot_store()?;
+        Some(Arc::new(FaultyStore {
+            inner,
+            plan: Arc::clone(&self.plan),
+        }))
+    }
+}
+
+/// The inner log's snapshot store, failing saves as the plan says.
+#[derive(Debug)]
+struct FaultyStore {
+    inner: Arc<dyn SnapshotStore>,
+    plan: Arc<FaultPlan>,
+}
+
+impl SnapshotStore for FaultyStore {
+    fn save(&self, snapshot: &Snapshot) -> Result<(), LogError> {
+        if self.plan.fail_snapshot_saves.load(Ordering::SeqCst) {
+            return Err(self.plan.inject("save_snapshot", false));
+        }
+        self.inner.save(snapshot)
     }
 }

@@ -7,7 +7,8 @@
 //! server calls it from its writer thread or `spawn_blocking`).
 //!
 //! Backends:
-//! - [`FileLog`]: the embedded backend, one redb file in a data directory.
+//! - [`FileLog`]: the embedded backend, append-only segment files and
+//!   snapshot files in a data directory.
 //! - [`MemLog`]: in memory, same semantics, no durability (tests).
 //! - [`FaultyLog`]: wraps any [`Log`] and injects failures (fail-stop tests).
 //!
@@ -34,9 +35,10 @@ mod mem;
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use faulty::{FaultPlan, FaultyLog};
-pub use file::{DB_FILE_NAME, DEFAULT_CACHE_SIZE_BYTES, FileLog};
+pub use file::{FileLog, FileLogOptions, LOCK_FILE_NAME, SEGMENT_BYTES};
 pub use mem::MemLog;
 
 /// A log position. The first entry has seq 1; 0 means "nothing".
@@ -49,8 +51,7 @@ pub const MAX_BATCH_ENTRIES: usize = 65_536;
 /// Largest single entry (one serialized command), in bytes.
 pub const MAX_ENTRY_BYTES: usize = 16 * 1024 * 1024;
 
-/// Largest snapshot, in bytes. A snapshot is stored as one value; redb keeps
-/// values well below 4 GiB.
+/// Largest snapshot, in bytes: a snapshot is written and read as one buffer.
 pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
 
 /// One log entry: an opaque, serialized command at its position.
@@ -80,22 +81,13 @@ pub enum LogError {
     )]
     Locked { dir: PathBuf },
 
-    /// A file-system operation outside the store failed (creating the directory).
+    /// A file-system operation failed: disk full, I/O error, permissions.
     #[error("{operation} {}: {source}", path.display())]
     Io {
         operation: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
-    },
-
-    /// The store itself failed: disk full, I/O error, damaged file.
-    #[error("log storage failed while {operation} in {}: {source}", dir.display())]
-    Storage {
-        operation: &'static str,
-        dir: PathBuf,
-        #[source]
-        source: Box<redb::Error>,
     },
 
     /// A write failed earlier with an unknown outcome; this handle refuses
@@ -216,6 +208,26 @@ pub trait Log: Send + 'static {
     /// snapshot's seq + 1 ([`LogError::TruncateBeyondSnapshot`] otherwise);
     /// `seq <= first_seq()` is a no-op.
     fn truncate_before(&mut self, seq: Seq) -> Result<(), LogError>;
+
+    /// Where snapshots can be saved from another thread while this log keeps
+    /// appending, if the backend can: serializing and writing a large state
+    /// then never stalls the writer. `None` (the default): save with
+    /// [`Log::save_snapshot`] on the writer's thread.
+    ///
+    /// A snapshot saved through the store counts for [`Log::load_snapshot`]
+    /// and [`Log::truncate_before`] as soon as `save` returns. The caller
+    /// must only save the state after an entry this log holds, never
+    /// truncate concurrently with a save, and save one at a time.
+    fn snapshot_store(&self) -> Option<Arc<dyn SnapshotStore>> {
+        None
+    }
+}
+
+/// Saves snapshots for a [`Log`] from another thread; see
+/// [`Log::snapshot_store`].
+pub trait SnapshotStore: Send + Sync + std::fmt::Debug {
+    /// Durably store `snapshot`, replacing the previous one.
+    fn save(&self, snapshot: &Snapshot) -> Result<(), LogError>;
 }
 
 /// Lets the server hold a `Box<dyn Log>` and still wrap it (e.g. in a
@@ -241,6 +253,9 @@ impl<L: Log + ?Sized> Log for Box<L> {
     }
     fn truncate_before(&mut self, seq: Seq) -> Result<(), LogError> {
         (**self).truncate_before(seq)
+    }
+    fn snapshot_store(&self) -> Option<Arc<dyn SnapshotStore>> {
+        (**self).snapshot_store()
     }
 }
 

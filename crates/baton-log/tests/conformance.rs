@@ -1,7 +1,10 @@
 //! One suite, every backend: whatever passes here behaves the same for the
 //! server. A new backend (PostgreSQL) adds a `Backend` impl and one test.
 
-use baton_log::{Entry, FaultyLog, FileLog, Log, LogError, MAX_ENTRY_BYTES, MemLog, Seq, Snapshot};
+use baton_log::{
+    Entry, FaultyLog, FileLog, FileLogOptions, Log, LogError, MAX_ENTRY_BYTES, MemLog, Seq,
+    Snapshot,
+};
 use tempfile::TempDir;
 
 /// How the suite makes and reopens logs of one backend.
@@ -28,19 +31,21 @@ impl Backend for Mem {
 #[derive(Default)]
 struct File {
     dirs: Vec<TempDir>,
+    options: FileLogOptions,
 }
 impl Backend for File {
     type L = FileLog;
     fn fresh(&mut self) -> FileLog {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = FileLog::open(&dir.path().join("data")).expect("open fresh FileLog");
+        let log =
+            FileLog::open_with(&dir.path().join("data"), self.options).expect("open fresh FileLog");
         self.dirs.push(dir);
         log
     }
     fn reopen(&mut self, log: FileLog) -> FileLog {
         let dir = log.dir().to_path_buf();
         drop(log);
-        FileLog::open(&dir).expect("reopen FileLog")
+        FileLog::open_with(&dir, self.options).expect("reopen FileLog")
     }
 }
 
@@ -329,6 +334,16 @@ fn mem_log_conforms() {
 #[test]
 fn file_log_conforms() {
     run_conformance(&mut File::default());
+}
+
+/// Segments of a few hundred bytes: every case then crosses segment
+/// boundaries, and truncation deletes whole segments.
+#[test]
+fn file_log_with_tiny_segments_conforms() {
+    run_conformance(&mut File {
+        dirs: Vec::new(),
+        options: FileLogOptions { segment_bytes: 300 },
+    });
 }
 
 #[test]

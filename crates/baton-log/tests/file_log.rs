@@ -1,6 +1,6 @@
 //! FileLog behaviour the conformance suite cannot cover: the data-directory
-//! lock (within a process and across processes), crash recovery, and refusing
-//! damaged or foreign files.
+//! lock (within a process and across processes), crash recovery (torn tails),
+//! segments and truncation, and refusing damaged or foreign files.
 //!
 //! Cross-process tests re-run this test binary as a child with
 //! `BATON_LOG_TEST_CHILD` set; the child runs `child_process_entry` only.
@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
-use baton_log::{DB_FILE_NAME, FileLog, Log, LogError};
+use baton_log::{FileLog, FileLogOptions, LOCK_FILE_NAME, Log, LogError};
 
 const CHILD_ROLE_ENV: &str = "BATON_LOG_TEST_CHILD";
 const CHILD_DIR_ENV: &str = "BATON_LOG_TEST_DIR";
@@ -111,7 +111,7 @@ fn acknowledged_appends_survive_a_crash() {
     );
     assert_eq!(acked, 500, "child acknowledged every batch before aborting");
 
-    // The file was not closed cleanly; redb repairs it on open.
+    // The log was not closed; whatever a torn write left is cut on open.
     let log = FileLog::open(&dir).unwrap();
     assert!(log.last_seq().unwrap() >= acked);
     let entries = log.read_from(1, usize::MAX).unwrap();
@@ -157,31 +157,180 @@ fn child_process_entry() {
     }
 }
 
+fn segment_path(dir: &Path, first_seq: u64) -> std::path::PathBuf {
+    dir.join(format!("log-{first_seq:020}.seg"))
+}
+
+fn small_segments() -> FileLogOptions {
+    FileLogOptions { segment_bytes: 200 }
+}
+
+fn entry(seq: u64) -> Vec<u8> {
+    format!("entry-{seq}").into_bytes()
+}
+
+/// Appends batches of 1..=3 entries until the log holds `last` entries.
+fn fill(log: &mut FileLog, last: u64) {
+    while log.last_seq().unwrap() < last {
+        let next = log.last_seq().unwrap() + 1;
+        let end = (next + next % 3).min(last);
+        let batch: Vec<Vec<u8>> = (next..=end).map(entry).collect();
+        assert_eq!(log.append(&batch).unwrap(), next..=end);
+    }
+}
+
+fn assert_entries(log: &FileLog, first: u64, last: u64) {
+    assert_eq!(log.first_seq().unwrap(), first);
+    assert_eq!(log.last_seq().unwrap(), last);
+    let entries = log.read_from(0, usize::MAX).unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (first..=last).collect::<Vec<_>>());
+    for e in entries {
+        assert_eq!(e.data, entry(e.seq));
+    }
+}
+
+#[test]
+fn every_cut_of_the_tail_reopens_to_the_whole_batches_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut log = FileLog::open(&dir).unwrap();
+    // Remember the file length after every acknowledged batch.
+    let mut acked = vec![(std::fs::metadata(segment_path(&dir, 1)).unwrap().len(), 0)];
+    for size in [1, 3, 2, 1, 1, 2, 3, 1] {
+        let next = log.last_seq().unwrap() + 1;
+        let batch: Vec<Vec<u8>> = (next..next + size).map(entry).collect();
+        log.append(&batch).unwrap();
+        let len = std::fs::metadata(segment_path(&dir, 1)).unwrap().len();
+        acked.push((len, log.last_seq().unwrap()));
+    }
+    drop(log);
+    let whole = std::fs::read(segment_path(&dir, 1)).unwrap();
+    let (header_len, _) = acked[0];
+    for cut in header_len as usize..=whole.len() {
+        let copy = tmp.path().join(format!("cut-{cut}"));
+        std::fs::create_dir(&copy).unwrap();
+        std::fs::write(segment_path(&copy, 1), &whole[..cut]).unwrap();
+        let mut reopened = FileLog::open(&copy).unwrap();
+        // The last acknowledged batch that fits in the cut.
+        let (len, last) = *acked
+            .iter()
+            .rev()
+            .find(|(len, _)| *len <= cut as u64)
+            .unwrap();
+        assert_entries(&reopened, 1, last);
+        assert_eq!(
+            reopened.repaired_tail().is_some(),
+            len != cut as u64,
+            "cut {cut}"
+        );
+        // Appends continue right after the last whole batch, and survive.
+        reopened.append(&[entry(last + 1)]).unwrap();
+        drop(reopened);
+        let again = FileLog::open(&copy).unwrap();
+        assert!(again.repaired_tail().is_none());
+        assert_entries(&again, 1, last + 1);
+        std::fs::remove_dir_all(&copy).unwrap();
+    }
+}
+
+#[test]
+fn segments_roll_and_truncation_deletes_whole_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut log = FileLog::open_with(&dir, small_segments()).unwrap();
+    fill(&mut log, 60);
+    let segments = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".seg"))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = segments(&dir);
+    assert!(before.len() >= 5, "200-byte segments roll: {before:?}");
+    assert_entries(&log, 1, 60);
+    // Reads that cross segment boundaries, in small chunks.
+    let mut next = 1;
+    while let Some(last) = log.read_from(next, 7).unwrap().last() {
+        next = last.seq + 1;
+    }
+    assert_eq!(next, 61);
+
+    log.save_snapshot(&baton_log::Snapshot {
+        seq: 40,
+        data: b"s".to_vec(),
+    })
+    .unwrap();
+    log.truncate_before(41).unwrap();
+    assert_entries(&log, 41, 60);
+    let after = segments(&dir);
+    assert!(after.len() < before.len(), "{before:?} -> {after:?}");
+    drop(log);
+    let mut log = FileLog::open_with(&dir, small_segments()).unwrap();
+    assert_entries(&log, 41, 60);
+    fill(&mut log, 70);
+    drop(log);
+    // Truncating everything keeps the active segment, so the head survives.
+    let mut log = FileLog::open_with(&dir, small_segments()).unwrap();
+    log.save_snapshot(&baton_log::Snapshot {
+        seq: 70,
+        data: b"all".to_vec(),
+    })
+    .unwrap();
+    log.truncate_before(71).unwrap();
+    drop(log);
+    let log = FileLog::open_with(&dir, small_segments()).unwrap();
+    assert_eq!(
+        (log.first_seq().unwrap(), log.last_seq().unwrap()),
+        (71, 70)
+    );
+    assert_eq!(log.load_snapshot().unwrap().unwrap().data, b"all");
+}
+
+#[test]
+fn a_damaged_frame_before_the_tail_refuses_to_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut log = FileLog::open_with(&dir, small_segments()).unwrap();
+    fill(&mut log, 40);
+    drop(log);
+    let first = segment_path(&dir, 1);
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[30] ^= 0xff;
+    std::fs::write(&first, bytes).unwrap();
+    let err = FileLog::open_with(&dir, small_segments()).unwrap_err();
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("is damaged at byte"), "{err}");
+    assert!(
+        err.to_string().contains("restore the data directory"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_file_that_is_not_a_log_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join(DB_FILE_NAME), vec![0x5a; 8192]).unwrap();
+    std::fs::write(segment_path(tmp.path(), 1), vec![0x5a; 8192]).unwrap();
     let err = FileLog::open(tmp.path()).unwrap_err();
-    assert!(matches!(err, LogError::Storage { .. }), "{err}");
+    assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("is not a Baton log segment"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_gap_in_seqs_is_reported_as_damage() {
     let tmp = tempfile::tempdir().unwrap();
-    drop(FileLog::open(tmp.path()).unwrap());
-    {
-        let db = redb::Database::create(tmp.path().join(DB_FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        {
-            let mut entries = txn
-                .open_table(redb::TableDefinition::<u64, &[u8]>::new("entries"))
-                .unwrap();
-            for seq in [1u64, 2, 4] {
-                entries.insert(seq, b"x".as_slice()).unwrap();
-            }
-        }
-        txn.commit().unwrap();
-    }
+    let mut log = FileLog::open(tmp.path()).unwrap();
+    fill(&mut log, 3);
+    drop(log);
+    // A segment that starts after a gap (4..=9 missing).
+    let header = std::fs::read(segment_path(tmp.path(), 1)).unwrap()[..16].to_vec();
+    std::fs::write(segment_path(tmp.path(), 10), header).unwrap();
     let err = FileLog::open(tmp.path()).unwrap_err();
     assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("gap"), "{err}");
@@ -191,15 +340,10 @@ fn a_gap_in_seqs_is_reported_as_damage() {
 fn a_newer_format_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     drop(FileLog::open(tmp.path()).unwrap());
-    {
-        let db = redb::Database::create(tmp.path().join(DB_FILE_NAME)).unwrap();
-        let txn = db.begin_write().unwrap();
-        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-            .unwrap()
-            .insert("format_version", 99)
-            .unwrap();
-        txn.commit().unwrap();
-    }
+    let path = segment_path(tmp.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
     let err = FileLog::open(tmp.path()).unwrap_err();
     assert!(
         matches!(err, LogError::UnsupportedFormat { found: 99, .. }),
@@ -208,10 +352,124 @@ fn a_newer_format_version_is_refused() {
 }
 
 #[test]
+fn a_data_directory_of_the_old_redb_format_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("baton.redb"), b"old").unwrap();
+    let err = FileLog::open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::UnsupportedFormat {
+                found: 1,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_is_reported_not_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = FileLog::open(tmp.path()).unwrap();
+    fill(&mut log, 5);
+    log.save_snapshot(&baton_log::Snapshot {
+        seq: 5,
+        data: vec![1; 100],
+    })
+    .unwrap();
+    drop(log);
+    let path = tmp.path().join(format!("snapshot-{:020}.snap", 5));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let log = FileLog::open(tmp.path()).unwrap();
+    let err = log.load_snapshot().unwrap_err();
+    assert!(err.to_string().contains("fails its checksum"), "{err}");
+}
+
+#[test]
+fn snapshots_saved_from_another_thread_count_for_truncation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = FileLog::open_with(tmp.path(), small_segments()).unwrap();
+    fill(&mut log, 30);
+    let store = log
+        .snapshot_store()
+        .expect("FileLog saves snapshots off-thread");
+    std::thread::spawn(move || {
+        store
+            .save(&baton_log::Snapshot {
+                seq: 20,
+                data: b"at 20".to_vec(),
+            })
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    // Appends went on meanwhile in a real server; the saved snapshot is the
+    // latest and lets truncation go up to it.
+    fill(&mut log, 35);
+    assert_eq!(log.load_snapshot().unwrap().unwrap().seq, 20);
+    log.truncate_before(21).unwrap();
+    assert_entries(&log, 21, 35);
+    // Only the latest snapshot file is kept.
+    log.save_snapshot(&baton_log::Snapshot {
+        seq: 35,
+        data: b"at 35".to_vec(),
+    })
+    .unwrap();
+    let snaps = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".snap")
+        })
+        .count();
+    assert_eq!(snaps, 1);
+}
+
+#[test]
+fn leftover_temp_files_are_swept_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(FileLog::open(tmp.path()).unwrap());
+    let stale = tmp.path().join(format!("snapshot-{:020}.snap.tmp", 9));
+    std::fs::write(&stale, b"half a snapshot").unwrap();
+    let log = FileLog::open(tmp.path()).unwrap();
+    assert!(!stale.exists());
+    assert_eq!(log.load_snapshot().unwrap(), None);
+    // A crash between saving a snapshot and deleting the one it replaces.
+    let mut log = log;
+    log.append(&[entry(1), entry(2)]).unwrap();
+    log.save_snapshot(&baton_log::Snapshot {
+        seq: 1,
+        data: b"1".to_vec(),
+    })
+    .unwrap();
+    let older = tmp.path().join(format!("snapshot-{:020}.snap", 1));
+    let kept = std::fs::read(&older).unwrap();
+    log.save_snapshot(&baton_log::Snapshot {
+        seq: 2,
+        data: b"2".to_vec(),
+    })
+    .unwrap();
+    drop(log);
+    std::fs::write(&older, kept).unwrap();
+    let log = FileLog::open(tmp.path()).unwrap();
+    assert!(!older.exists(), "the replaced snapshot is deleted on open");
+    assert_eq!(log.load_snapshot().unwrap().unwrap().data, b"2");
+}
+
+#[test]
 fn open_creates_missing_directories() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a/b/c");
     let log = FileLog::open(&dir).unwrap();
     assert_eq!(log.dir(), dir);
-    assert!(dir.join(DB_FILE_NAME).is_file());
+    assert!(dir.join(LOCK_FILE_NAME).is_file());
+    assert!(segment_path(&dir, 1).is_file());
 }

@@ -79,6 +79,10 @@ impl Default for ServeConfig {
 /// in-flight batches, snapshot, return.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let log = baton_log::FileLog::open(&config.data_dir)?;
+    if let Some(repaired) = log.repaired_tail() {
+        tracing::warn!(repaired, "log tail repaired");
+        eprintln!("baton: {repaired}");
+    }
     let sequencer = Sequencer::start(Box::new(log), &config)?;
     serve(config, sequencer, shutdown_signal()).await
 }

@@ -17,6 +17,11 @@ pub const LOCKS_WAITING: &str = "baton_locks_waiting";
 pub const SESSIONS: &str = "baton_sessions";
 pub const KEYS: &str = "baton_keys";
 pub const REVISION: &str = "baton_revision";
+/// Seconds to take a snapshot, start to durable.
+pub const SNAPSHOT_SECONDS: &str = "baton_snapshot_seconds";
+/// Seconds the writer spent copying the state for a background snapshot
+/// (the only part of a snapshot that blocks writes).
+pub const SNAPSHOT_COPY_SECONDS: &str = "baton_snapshot_copy_seconds";
 
 /// Install the process-wide recorder once; later calls share its handle.
 pub fn install() -> PrometheusHandle {
@@ -35,6 +40,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(Matcher::Full(LOCK_WAIT_SECONDS.into()), &seconds)
                 })
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &sizes))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SNAPSHOT_SECONDS.into()), &seconds)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(SNAPSHOT_COPY_SECONDS.into()), &seconds)
+                })
                 .expect("bucket lists are non-empty")
                 .install_recorder()
                 .expect("one recorder per process")
