@@ -20,6 +20,12 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::extras::Extras;
+
+/// The load generator shares the machine with the servers it measures, so
+/// it spends as little CPU per request as it can; the same allocator as
+/// `baton serve`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::report::{CellFailure, Machine, Report, RunSettings, SystemInfo};
 use crate::systems::{System, SystemName};
 use crate::workload::{Settings, Workload};

@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 
 use crate::output::OutputMode;
 
+/// glibc's malloc was ~17% of `baton serve`'s CPU under load (many small,
+/// short-lived allocations across threads, bench/README.md); mimalloc's
+/// thread-local free lists suit that pattern.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "baton",

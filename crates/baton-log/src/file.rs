@@ -47,6 +47,14 @@ const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// unit truncation deletes, and a restart scans the ones after the snapshot.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Zeros are written this far ahead of the active segment's last frame, so
+/// that an append's fdatasync flushes data only: an append that grows the
+/// file also commits its new size to the file system's journal (measured
+/// under load: 0.8 ms per append instead of 0.13 ms for a rewrite in place).
+pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
+/// Zeros for preallocation, written in chunks of this size.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 /// Layout version of segments and snapshots; bump on an incompatible change.
 /// Version 1 was the redb file `baton.redb`.
 const FORMAT_VERSION: u32 = 2;
@@ -85,13 +93,15 @@ impl Default for FileLogOptions {
 }
 
 /// One segment file: its first seq (from its name), the handle appends and
-/// reads go through, and how many of its bytes hold valid frames.
+/// reads go through, how many of its bytes hold valid frames, and how long
+/// the file is (zeros after `len`: preallocated).
 #[derive(Debug)]
 struct Segment {
     first_seq: Seq,
     path: PathBuf,
     file: File,
     len: u64,
+    allocated: u64,
 }
 
 /// Where a sequential reader stopped: the frame at `offset` of the segment
@@ -223,6 +233,22 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Whether the file holds only zeros from `from` to `to`: the preallocated
+/// end of a segment, as opposed to the remains of an interrupted write.
+fn only_zeros_from(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; ZEROS.len()];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 /// Reads the frame at `offset`; `end` is where the segment's bytes end.
@@ -412,6 +438,12 @@ impl FileLog {
         &self.dir
     }
 
+    /// Bytes of whole frames in the active segment (the file itself is
+    /// longer: preallocated zeros follow). For tests and diagnostics.
+    pub fn active_segment_len(&self) -> u64 {
+        self.segments.last().map_or(0, |s| s.len)
+    }
+
     /// What opening cut off the end of the log, if anything: the torn frame
     /// of a write a crash interrupted before it was acknowledged.
     pub fn repaired_tail(&self) -> Option<&str> {
@@ -437,7 +469,7 @@ impl FileLog {
                 .write(true)
                 .open(&path)
                 .map_err(io_error("opening log segment", &path))?;
-            let file_len = file
+            let mut file_len = file
                 .metadata()
                 .map_err(io_error("reading log segment size", &path))?
                 .len();
@@ -464,6 +496,7 @@ impl FileLog {
                     path,
                     file,
                     len: 0,
+                    allocated: 0,
                 });
                 self.write_segment_header(self.segments.len() - 1)?;
                 self.last_seq = self.last_seq.max(first_seq - 1);
@@ -499,6 +532,13 @@ impl FileLog {
                     Err(FrameError::Io(source)) => {
                         return Err(io_error("reading log segment", &path)(source));
                     }
+                    Err(FrameError::Torn(_))
+                        if only_zeros_from(&file, offset, file_len)
+                            .map_err(io_error("reading log segment", &path))? =>
+                    {
+                        // The preallocated end: no frame was ever written here.
+                        break;
+                    }
                     Err(FrameError::Torn(why)) if is_last => {
                         // Never acknowledged: the write it belongs to did not
                         // finish its fdatasync. Cut it off so appends follow
@@ -511,6 +551,7 @@ impl FileLog {
                         file.set_len(offset)
                             .and_then(|()| file.sync_all())
                             .map_err(io_error("cutting a torn write off log segment", &path))?;
+                        file_len = offset;
                         break;
                     }
                     Err(FrameError::Torn(why)) => {
@@ -532,6 +573,7 @@ impl FileLog {
                 path,
                 file,
                 len: offset,
+                allocated: file_len,
             });
             self.last_seq = next - 1;
             expected = Some(next);
@@ -561,6 +603,7 @@ impl FileLog {
             .and_then(|()| segment.file.sync_all())
             .map_err(io_error("writing log segment header", &segment.path))?;
         segment.len = SEGMENT_HEADER_BYTES;
+        segment.allocated = SEGMENT_HEADER_BYTES;
         Ok(())
     }
 
@@ -579,6 +622,7 @@ impl FileLog {
             path,
             file,
             len: 0,
+            allocated: 0,
         });
         self.write_segment_header(self.segments.len() - 1)?;
         sync_dir(&self.dir)
@@ -606,12 +650,30 @@ impl FileLog {
         }
         encode_frame(&mut self.frame, first_seq, batch);
         let segment = self.segments.last_mut().expect("a segment is always open");
-        segment
-            .file
-            .write_all_at(&self.frame, segment.len)
-            .and_then(|()| segment.file.sync_data())
-            .map_err(io_error("appending to log segment", &segment.path))?;
-        segment.len += self.frame.len() as u64;
+        let end = segment.len + self.frame.len() as u64;
+        // Grow by a chunk of zeros when the frame does not fit: this append's
+        // fdatasync makes the new size durable, the next ones rewrite in place.
+        let allocated = if end > segment.allocated {
+            end.max(segment.allocated + PREALLOCATE_BYTES)
+        } else {
+            segment.allocated
+        };
+        let write = || {
+            if allocated > segment.allocated {
+                let target = allocated;
+                let mut at = segment.allocated;
+                while at < target {
+                    let n = (target - at).min(ZEROS.len() as u64) as usize;
+                    segment.file.write_all_at(&ZEROS[..n], at)?;
+                    at += n as u64;
+                }
+            }
+            segment.file.write_all_at(&self.frame, segment.len)?;
+            segment.file.sync_data()
+        };
+        write().map_err(io_error("appending to log segment", &segment.path))?;
+        segment.allocated = allocated;
+        segment.len = end;
         Ok(())
     }
 

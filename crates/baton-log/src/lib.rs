@@ -38,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use faulty::{FaultPlan, FaultyLog};
-pub use file::{FileLog, FileLogOptions, LOCK_FILE_NAME, SEGMENT_BYTES};
+pub use file::{FileLog, FileLogOptions, LOCK_FILE_NAME, PREALLOCATE_BYTES, SEGMENT_BYTES};
 pub use mem::MemLog;
 
 /// A log position. The first entry has seq 1; 0 means "nothing".

@@ -195,19 +195,26 @@ fn every_cut_of_the_tail_reopens_to_the_whole_batches_before_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut log = FileLog::open(&dir).unwrap();
-    // Remember the file length after every acknowledged batch.
-    let mut acked = vec![(std::fs::metadata(segment_path(&dir, 1)).unwrap().len(), 0)];
+    // Where the frames end after every acknowledged batch.
+    let mut acked = vec![(log.active_segment_len(), 0)];
     for size in [1, 3, 2, 1, 1, 2, 3, 1] {
         let next = log.last_seq().unwrap() + 1;
         let batch: Vec<Vec<u8>> = (next..next + size).map(entry).collect();
         log.append(&batch).unwrap();
-        let len = std::fs::metadata(segment_path(&dir, 1)).unwrap().len();
-        acked.push((len, log.last_seq().unwrap()));
+        acked.push((log.active_segment_len(), log.last_seq().unwrap()));
     }
     drop(log);
     let whole = std::fs::read(segment_path(&dir, 1)).unwrap();
     let (header_len, _) = acked[0];
-    for cut in header_len as usize..=whole.len() {
+    let (frames_end, all) = *acked.last().unwrap();
+    assert!(
+        whole.len() as u64 >= frames_end + baton_log::PREALLOCATE_BYTES / 2,
+        "zeros are preallocated after the frames"
+    );
+    assert!(whole[frames_end as usize..].iter().all(|&b| b == 0));
+    // Every cut inside the frames, a few into the zeros, and the whole file.
+    let cuts = (header_len as usize..frames_end as usize + 64).chain([whole.len()]);
+    for cut in cuts {
         let copy = tmp.path().join(format!("cut-{cut}"));
         std::fs::create_dir(&copy).unwrap();
         std::fs::write(segment_path(&copy, 1), &whole[..cut]).unwrap();
@@ -218,10 +225,11 @@ fn every_cut_of_the_tail_reopens_to_the_whole_batches_before_it() {
             .rev()
             .find(|(len, _)| *len <= cut as u64)
             .unwrap();
-        assert_entries(&reopened, 1, last);
+        assert_entries(&reopened, 1, last.min(all));
+        let inside_a_frame = (cut as u64) < frames_end && len != cut as u64;
         assert_eq!(
             reopened.repaired_tail().is_some(),
-            len != cut as u64,
+            inside_a_frame,
             "cut {cut}"
         );
         // Appends continue right after the last whole batch, and survive.
@@ -232,6 +240,30 @@ fn every_cut_of_the_tail_reopens_to_the_whole_batches_before_it() {
         assert_entries(&again, 1, last + 1);
         std::fs::remove_dir_all(&copy).unwrap();
     }
+}
+
+/// A torn write whose first bytes never reached the disk but later ones
+/// did: zeros, then garbage. The garbage must be cut, not skipped over.
+#[test]
+fn garbage_after_zeros_in_the_tail_is_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut log = FileLog::open(&dir).unwrap();
+    fill(&mut log, 5);
+    let end = log.active_segment_len() as usize;
+    drop(log);
+    let path = segment_path(&dir, 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[end + 40..end + 48].copy_from_slice(b"leftover");
+    std::fs::write(&path, bytes).unwrap();
+    let mut log = FileLog::open(&dir).unwrap();
+    assert!(log.repaired_tail().is_some());
+    assert_entries(&log, 1, 5);
+    fill(&mut log, 6);
+    drop(log);
+    let log = FileLog::open(&dir).unwrap();
+    assert!(log.repaired_tail().is_none());
+    assert_entries(&log, 1, 6);
 }
 
 #[test]
