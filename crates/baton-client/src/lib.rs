@@ -609,6 +609,15 @@ impl Client {
 
     /// Sends a described request and returns the `result` as JSON.
     pub async fn send_json(&self, request: ApiRequest) -> Result<Value, Error> {
+        let (status, body, url) = self.exchange(request).await?;
+        decode_envelope(status, &body, url.as_str())
+    }
+
+    /// Sends a request; returns the HTTP status, the body, and the URL.
+    async fn exchange(
+        &self,
+        request: ApiRequest,
+    ) -> Result<(u16, bytes::Bytes, reqwest::Url), Error> {
         let url = self.request_url(&request)?;
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(request.wait_ms);
         let mutation = request.method != Method::GET && request.method != Method::HEAD;
@@ -635,13 +644,28 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| self.transport_error(&url, &e, Some(timeout)))?;
-        decode_envelope(status, &body, url.as_str())
+        Ok((status, body, url))
     }
 
     /// Sends a described request and decodes its `result` as `T`.
     pub async fn send<T: DeserializeOwned>(&self, request: ApiRequest) -> Result<T, Error> {
+        /// A success decoded straight into `T`, without a `Value` between.
+        #[derive(Deserialize)]
+        struct Success<T> {
+            ok: bool,
+            result: Option<T>,
+        }
         let path = request.path.clone();
-        let result = self.send_json(request).await?;
+        let (status, body, url) = self.exchange(request).await?;
+        if let Ok(Success {
+            ok: true,
+            result: Some(result),
+        }) = serde_json::from_slice::<Success<T>>(&body)
+        {
+            return Ok(result);
+        }
+        // Errors, and answers of an unexpected shape: the general path.
+        let result = decode_envelope(status, &body, url.as_str())?;
         serde_json::from_value(result).map_err(|e| {
             Error::new(
                 ErrorCode::Internal,
@@ -704,13 +728,16 @@ impl Client {
     }
 
     fn join(&self, path_and_query: &str) -> Result<reqwest::Url, Error> {
-        let text = format!("{}{}", self.url(), path_and_query);
-        reqwest::Url::parse(&text).map_err(|e| {
-            Error::invalid(
-                "path",
-                format!("{path_and_query:?} is not a valid URL path: {e}"),
-            )
-        })
+        // The base has no path: set path and query on a copy rather than
+        // parse a whole URL (scheme, host) for every request.
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url.set_query(query);
+        Ok(url)
     }
 
     fn transport_error(
