@@ -38,6 +38,24 @@ pub const MAX_SEMAPHORE_CAPACITY: u64 = 1_000_000;
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
 
 impl StateMachine {
+    /// Whether `command` is a blocking lock request on a key that is held or
+    /// has a queue, so that it will most likely wait rather than be answered
+    /// now. The sequencer lets such a command wait briefly for company in a
+    /// batch, since nobody awaits its immediate answer. A hint only: `apply`
+    /// decides what really happens.
+    pub fn likely_queues(&self, command: &Command) -> bool {
+        match &command.op {
+            crate::Op::LockAcquire(acquire) if acquire.wait_ms > 0 => {
+                acquire.keys.iter().any(|key| {
+                    self.lock_keys
+                        .get(key)
+                        .is_some_and(|state| !state.holders.is_empty() || !state.waiters.is_empty())
+                })
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn lock_acquire(
         &mut self,
         seq: u64,

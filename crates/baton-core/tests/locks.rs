@@ -905,3 +905,50 @@ fn commands_without_release_encode_as_before() {
     let with = command.with_release(7);
     assert_eq!(serde_json::to_value(&with).unwrap()["release"], 7);
 }
+
+#[test]
+fn likely_queues_names_blocking_requests_on_taken_keys_only() {
+    let mut h = Harness::new();
+    let acquire = |keys: &[&str], wait_ms: u64| {
+        Command::new(
+            "b",
+            Op::LockAcquire(LockAcquire {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                mode: X,
+                ttl_ms: Some(10_000),
+                wait_ms,
+                lock_delay_ms: 0,
+            }),
+        )
+    };
+    assert!(
+        !h.machine.likely_queues(&acquire(&["h/k"], 5_000)),
+        "free key"
+    );
+    let held = lock(&h.acquire("a", None, &["h/k"], X, Some(10_000), 0)).lock_id;
+    assert!(h.machine.likely_queues(&acquire(&["h/k"], 5_000)));
+    assert!(h.machine.likely_queues(&acquire(&["h/free", "h/k"], 5_000)));
+    assert!(
+        !h.machine.likely_queues(&acquire(&["h/k"], 0)),
+        "no wait: answered now"
+    );
+    assert!(
+        !h.machine
+            .likely_queues(&Command::new("b", Op::LockRelease { lock_id: held }))
+    );
+    // And the hint matches what apply does.
+    let waiting = lock(&h.run(acquire(&["h/k"], 5_000))).clone();
+    assert_eq!(waiting.status, LockStatus::Waiting);
+    h.op("a", Op::LockRelease { lock_id: held }).unwrap();
+    h.op(
+        "b",
+        Op::LockRelease {
+            lock_id: waiting.lock_id,
+        },
+    )
+    .unwrap();
+    assert!(
+        !h.machine.likely_queues(&acquire(&["h/k"], 5_000)),
+        "free again"
+    );
+}
