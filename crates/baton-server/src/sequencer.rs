@@ -288,14 +288,14 @@ impl Writer {
                 // need its commit (the holder's release, usually), so the
                 // two share one fdatasync instead of the queueing request
                 // delaying the release by a whole commit.
-                if self.only_queueing(&batch) {
-                    if let Ok(request) = self.requests.recv_timeout(QUEUEING_BATCH_HOLD) {
-                        push(request, &mut batch);
-                        while batch.len() < self.max_batch {
-                            match self.requests.try_recv() {
-                                Ok(request) => push(request, &mut batch),
-                                Err(_) => break,
-                            }
+                if self.only_queueing(&batch)
+                    && let Ok(request) = self.requests.recv_timeout(QUEUEING_BATCH_HOLD)
+                {
+                    push(request, &mut batch);
+                    while batch.len() < self.max_batch {
+                        match self.requests.try_recv() {
+                            Ok(request) => push(request, &mut batch),
+                            Err(_) => break,
                         }
                     }
                 }
