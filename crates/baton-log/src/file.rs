@@ -52,6 +52,9 @@ pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// file also commits its new size to the file system's journal (measured
 /// under load: 0.8 ms per append instead of 0.13 ms for a rewrite in place).
 pub const PREALLOCATE_BYTES: u64 = 1024 * 1024;
+/// A segment's sparse index notes a frame about every this many bytes
+/// (64 entries for a full 64 MiB segment).
+const INDEX_EVERY_BYTES: u64 = 1024 * 1024;
 /// Zeros for preallocation, written in chunks of this size.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
@@ -102,6 +105,31 @@ struct Segment {
     file: File,
     len: u64,
     allocated: u64,
+    /// `(first seq, offset)` of a frame about every [`INDEX_EVERY_BYTES`]:
+    /// a read starts at the nearest one instead of the segment's start.
+    index: Vec<(Seq, u64)>,
+}
+
+impl Segment {
+    /// Notes a frame at `offset` in the sparse index if it is due.
+    fn index_frame(&mut self, first_seq: Seq, offset: u64) {
+        if self
+            .index
+            .last()
+            .is_none_or(|&(_, last)| offset >= last + INDEX_EVERY_BYTES)
+        {
+            self.index.push((first_seq, offset));
+        }
+    }
+
+    /// The indexed frame nearest before `seq`: where to start reading it.
+    fn start_for(&self, seq: Seq) -> (Seq, u64) {
+        let at = self.index.partition_point(|&(first, _)| first <= seq);
+        match at.checked_sub(1) {
+            Some(i) => self.index[i],
+            None => (self.first_seq, SEGMENT_HEADER_BYTES),
+        }
+    }
 }
 
 /// Where a sequential reader stopped: the frame at `offset` of the segment
@@ -201,12 +229,64 @@ fn replace_file(dir: &Path, path: &Path, bytes: &[&[u8]]) -> Result<(), LogError
     sync_dir(dir)
 }
 
-/// A frame parsed from a segment.
+/// A frame read from a segment, its checksum verified and its entries'
+/// lengths checked to fill the body exactly.
 struct Frame {
     first_seq: Seq,
-    entries: Vec<Vec<u8>>,
+    count: u64,
+    /// `first_seq | count | count × (len | bytes)`.
+    body: Vec<u8>,
     /// Bytes the frame takes in the file.
     len: u64,
+}
+
+impl Frame {
+    /// The entries, in order (lengths were checked by `read_frame`).
+    fn entries(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = BODY_HEADER_BYTES;
+        (0..self.count).map(move |_| {
+            let len = u32_at(&self.body, at) as usize;
+            at += 4 + len;
+            &self.body[at - len..at]
+        })
+    }
+}
+
+/// Where a frame is and what it holds, from its headers alone.
+#[derive(Clone, Copy)]
+struct FrameHead {
+    first_seq: Seq,
+    count: u64,
+    len: u64,
+}
+
+/// Reads only the headers of the frame at `offset`, without its checksum:
+/// for skipping over frames that were verified when the log was opened, or
+/// that a snapshot covers.
+fn read_frame_head(file: &File, offset: u64, end: u64) -> Result<FrameHead, FrameError> {
+    let torn = |why: &str| Err(FrameError::Torn(why.to_string()));
+    let head_len = (FRAME_HEADER_BYTES + BODY_HEADER_BYTES) as u64;
+    if end.saturating_sub(offset) < head_len {
+        return torn("the frame header is cut short");
+    }
+    let mut head = [0u8; FRAME_HEADER_BYTES + BODY_HEADER_BYTES];
+    read_exact_at(file, &mut head, offset)?;
+    if u32_at(&head, 0) != FRAME_MAGIC {
+        return torn("no frame marker");
+    }
+    let body_len = u64_at(&head, 8);
+    if body_len > end - offset - FRAME_HEADER_BYTES as u64 || body_len < BODY_HEADER_BYTES as u64 {
+        return torn("the frame body is cut short");
+    }
+    let count = u64::from(u32_at(&head, FRAME_HEADER_BYTES + 8));
+    if count == 0 {
+        return torn("the frame holds no entries");
+    }
+    Ok(FrameHead {
+        first_seq: u64_at(&head, FRAME_HEADER_BYTES),
+        count,
+        len: FRAME_HEADER_BYTES as u64 + body_len,
+    })
 }
 
 /// Why a frame could not be read at some offset.
@@ -280,7 +360,6 @@ fn read_frame(file: &File, offset: u64, end: u64) -> Result<Frame, FrameError> {
     // the writer; it is refused like a torn frame, with its reason.
     let first_seq = u64_at(&body, 0);
     let count = u32_at(&body, 8) as usize;
-    let mut entries = Vec::with_capacity(count.min(crate::MAX_BATCH_ENTRIES));
     let mut at = BODY_HEADER_BYTES;
     for _ in 0..count {
         if body.len() - at < 4 {
@@ -291,7 +370,6 @@ fn read_frame(file: &File, offset: u64, end: u64) -> Result<Frame, FrameError> {
         if body.len() - at < len {
             return torn("an entry runs past the frame");
         }
-        entries.push(body[at..at + len].to_vec());
         at += len;
     }
     if at != body.len() || count == 0 {
@@ -299,7 +377,8 @@ fn read_frame(file: &File, offset: u64, end: u64) -> Result<Frame, FrameError> {
     }
     Ok(Frame {
         first_seq,
-        entries,
+        count: count as u64,
+        body,
         len: FRAME_HEADER_BYTES as u64 + body_len,
     })
 }
@@ -461,8 +540,9 @@ impl FileLog {
     /// `floor` on, and cuts a torn tail off the last one.
     fn scan_segments(&mut self, seqs: &[Seq], floor: Seq) -> Result<(), LogError> {
         let mut expected: Option<Seq> = None;
-        for (index, &first_seq) in seqs.iter().enumerate() {
-            let is_last = index + 1 == seqs.len();
+        let snapshot_seq = self.snapshots.latest();
+        for (index_of, &first_seq) in seqs.iter().enumerate() {
+            let is_last = index_of + 1 == seqs.len();
             let path = self.dir.join(segment_name(first_seq));
             let file = OpenOptions::new()
                 .read(true)
@@ -497,6 +577,7 @@ impl FileLog {
                     file,
                     len: 0,
                     allocated: 0,
+                    index: Vec::new(),
                 });
                 self.write_segment_header(self.segments.len() - 1)?;
                 self.last_seq = self.last_seq.max(first_seq - 1);
@@ -516,9 +597,32 @@ impl FileLog {
             }
             let mut offset = SEGMENT_HEADER_BYTES;
             let mut next = first_seq;
+            let mut index = Vec::new();
+            // Segments whose every entry the snapshot covers are only walked
+            // (their frames are read, and checksummed, if ever read); the
+            // ones a restart replays are verified in full.
+            let covered = seqs
+                .get(index_of + 1)
+                .zip(snapshot_seq)
+                .is_some_and(|(&next_first, snapshot)| next_first <= snapshot + 1);
             while offset < file_len {
-                match read_frame(&file, offset, file_len) {
+                let frame = if covered {
+                    read_frame_head(&file, offset, file_len)
+                } else {
+                    read_frame(&file, offset, file_len).map(|f| FrameHead {
+                        first_seq: f.first_seq,
+                        count: f.count,
+                        len: f.len,
+                    })
+                };
+                match frame {
                     Ok(frame) => {
+                        if index
+                            .last()
+                            .is_none_or(|&(_, last)| offset >= last + INDEX_EVERY_BYTES)
+                        {
+                            index.push((frame.first_seq, offset));
+                        }
                         if frame.first_seq != next {
                             return Err(self.corrupt(format!(
                                 "segment {} holds a batch at seq {} where seq {next} was expected: there is a gap",
@@ -526,7 +630,7 @@ impl FileLog {
                                 frame.first_seq
                             )));
                         }
-                        next += frame.entries.len() as u64;
+                        next += frame.count;
                         offset += frame.len;
                     }
                     Err(FrameError::Io(source)) => {
@@ -574,6 +678,7 @@ impl FileLog {
                 file,
                 len: offset,
                 allocated: file_len,
+                index,
             });
             self.last_seq = next - 1;
             expected = Some(next);
@@ -623,6 +728,7 @@ impl FileLog {
             file,
             len: 0,
             allocated: 0,
+            index: Vec::new(),
         });
         self.write_segment_header(self.segments.len() - 1)?;
         sync_dir(&self.dir)
@@ -673,6 +779,7 @@ impl FileLog {
         };
         write().map_err(io_error("appending to log segment", &segment.path))?;
         segment.allocated = allocated;
+        segment.index_frame(first_seq, segment.len);
         segment.len = end;
         Ok(())
     }
@@ -724,16 +831,23 @@ impl Log for FileLog {
             return Ok(Vec::new());
         }
         let mut index = self.segment_for(start);
-        let mut offset = SEGMENT_HEADER_BYTES;
-        let mut next_seq = self.segments[index].first_seq;
+        let (mut next_seq, mut offset) = self.segments[index].start_for(start);
         let saved = *self.cursor.lock().expect("cursor lock");
         if let Some(cursor) = saved
             && cursor.segment_first == self.segments[index].first_seq
             && cursor.next_seq <= start
+            && cursor.next_seq > next_seq
         {
             offset = cursor.offset;
             next_seq = cursor.next_seq;
         }
+        let damaged = |segment: &Segment, offset: u64, e: FrameError| match e {
+            FrameError::Io(source) => io_error("reading log segment", &segment.path)(source),
+            FrameError::Torn(why) => self.corrupt(format!(
+                "segment {} is damaged at byte {offset}: {why}",
+                segment.path.display()
+            )),
+        };
         let available = usize::try_from(self.last_seq - start + 1).unwrap_or(usize::MAX);
         let mut out = Vec::with_capacity(max.min(available).min(crate::MAX_BATCH_ENTRIES));
         loop {
@@ -747,25 +861,26 @@ impl Log for FileLog {
                 next_seq = self.segments[index].first_seq;
                 continue;
             }
-            let frame = read_frame(&segment.file, offset, segment.len).map_err(|e| match e {
-                FrameError::Io(source) => io_error("reading log segment", &segment.path)(source),
-                FrameError::Torn(why) => self.corrupt(format!(
-                    "segment {} is damaged at byte {offset}: {why}",
-                    segment.path.display()
-                )),
-            })?;
-            let frame_end = next_seq + frame.entries.len() as u64;
-            if frame_end > start {
-                let skip = start.saturating_sub(next_seq) as usize;
-                for (i, data) in frame.entries.into_iter().enumerate().skip(skip) {
-                    if out.len() == max {
-                        break;
-                    }
-                    out.push(Entry {
-                        seq: next_seq + i as u64,
-                        data,
-                    });
+            let head = read_frame_head(&segment.file, offset, segment.len)
+                .map_err(|e| damaged(segment, offset, e))?;
+            let frame_end = next_seq + head.count;
+            if frame_end <= start {
+                // Entirely before what was asked: skip it unread.
+                offset += head.len;
+                next_seq = frame_end;
+                continue;
+            }
+            let frame = read_frame(&segment.file, offset, segment.len)
+                .map_err(|e| damaged(segment, offset, e))?;
+            let skip = start.saturating_sub(next_seq) as usize;
+            for (i, data) in frame.entries().enumerate().skip(skip) {
+                if out.len() == max {
+                    break;
                 }
+                out.push(Entry {
+                    seq: next_seq + i as u64,
+                    data: data.to_vec(),
+                });
             }
             if out.len() == max && out.last().is_some_and(|e| e.seq + 1 < frame_end) {
                 // Stopped inside this frame: the next chunk starts here.
@@ -933,7 +1048,9 @@ mod tests {
         let file = File::open(&path).unwrap();
         let parsed = read_frame(&file, 0, frame.len() as u64).ok().unwrap();
         assert_eq!(parsed.first_seq, 42);
-        assert_eq!(parsed.entries, batch);
+        assert_eq!(parsed.entries().collect::<Vec<_>>(), batch);
+        let head = read_frame_head(&file, 0, frame.len() as u64).ok().unwrap();
+        assert_eq!((head.first_seq, head.count, head.len), (42, 3, parsed.len));
         assert_eq!(parsed.len, frame.len() as u64);
     }
 
