@@ -992,10 +992,10 @@ impl SnapshotFiles {
         if crc32fast::hash(&bytes[16..]) != crc {
             return Err(corrupt("fails its checksum"));
         }
-        Ok(Some(Snapshot {
-            seq,
-            data: data.to_vec(),
-        }))
+        // Shift the data to the front rather than copy it into a new buffer.
+        let mut data = bytes;
+        data.drain(..SNAPSHOT_HEADER_BYTES);
+        Ok(Some(Snapshot { seq, data }))
     }
 }
 

@@ -83,6 +83,21 @@ fn main() -> anyhow::Result<()> {
         data_dir: dir.path().to_path_buf(),
         ..ServeConfig::default()
     };
+    {
+        // The parts of a restart, one by one (the total below does them all).
+        let log = FileLog::open(dir.path())?;
+        let t = Instant::now();
+        let snapshot = log.load_snapshot()?.expect("a snapshot was saved");
+        let loaded = t.elapsed();
+        let t = Instant::now();
+        StateMachine::restore(&snapshot.data, Default::default())?;
+        println!(
+            "parts: load a {:.1} MB snapshot {:.0} ms, restore it {:.0} ms",
+            snapshot.data.len() as f64 / 1e6,
+            loaded.as_secs_f64() * 1000.0,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let started = Instant::now();
     let log = FileLog::open(dir.path())?;
     let opened = started.elapsed();
