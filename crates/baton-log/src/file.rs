@@ -110,18 +110,17 @@ struct Segment {
     index: Vec<(Seq, u64)>,
 }
 
-impl Segment {
-    /// Notes a frame at `offset` in the sparse index if it is due.
-    fn index_frame(&mut self, first_seq: Seq, offset: u64) {
-        if self
-            .index
-            .last()
-            .is_none_or(|&(_, last)| offset >= last + INDEX_EVERY_BYTES)
-        {
-            self.index.push((first_seq, offset));
-        }
+/// Notes a frame at `offset` in a segment's sparse index if it is due.
+fn index_frame(index: &mut Vec<(Seq, u64)>, first_seq: Seq, offset: u64) {
+    if index
+        .last()
+        .is_none_or(|&(_, last)| offset >= last + INDEX_EVERY_BYTES)
+    {
+        index.push((first_seq, offset));
     }
+}
 
+impl Segment {
     /// The indexed frame nearest before `seq`: where to start reading it.
     fn start_for(&self, seq: Seq) -> (Seq, u64) {
         let at = self.index.partition_point(|&(first, _)| first <= seq);
@@ -571,15 +570,7 @@ impl FileLog {
                     return Err(self.corrupt(format!("segment {} has no header", path.display())));
                 }
                 // Created but never written (a crash right after a roll).
-                self.segments.push(Segment {
-                    first_seq,
-                    path,
-                    file,
-                    len: 0,
-                    allocated: 0,
-                    index: Vec::new(),
-                });
-                self.write_segment_header(self.segments.len() - 1)?;
+                self.add_empty_segment(first_seq, path, file)?;
                 self.last_seq = self.last_seq.max(first_seq - 1);
                 expected = Some(first_seq);
                 continue;
@@ -617,12 +608,7 @@ impl FileLog {
                 };
                 match frame {
                     Ok(frame) => {
-                        if index
-                            .last()
-                            .is_none_or(|&(_, last)| offset >= last + INDEX_EVERY_BYTES)
-                        {
-                            index.push((frame.first_seq, offset));
-                        }
+                        index_frame(&mut index, frame.first_seq, offset);
                         if frame.first_seq != next {
                             return Err(self.corrupt(format!(
                                 "segment {} holds a batch at seq {} where seq {next} was expected: there is a gap",
@@ -722,6 +708,17 @@ impl FileLog {
             .create_new(true)
             .open(&path)
             .map_err(io_error("creating log segment", &path))?;
+        self.add_empty_segment(first_seq, path, file)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Adds `file` as the new last segment and (re)writes its header.
+    fn add_empty_segment(
+        &mut self,
+        first_seq: Seq,
+        path: PathBuf,
+        file: File,
+    ) -> Result<(), LogError> {
         self.segments.push(Segment {
             first_seq,
             path,
@@ -730,8 +727,7 @@ impl FileLog {
             allocated: 0,
             index: Vec::new(),
         });
-        self.write_segment_header(self.segments.len() - 1)?;
-        sync_dir(&self.dir)
+        self.write_segment_header(self.segments.len() - 1)
     }
 
     fn check_writable(&self) -> Result<(), LogError> {
@@ -779,7 +775,7 @@ impl FileLog {
         };
         write().map_err(io_error("appending to log segment", &segment.path))?;
         segment.allocated = allocated;
-        segment.index_frame(first_seq, segment.len);
+        index_frame(&mut segment.index, first_seq, segment.len);
         segment.len = end;
         Ok(())
     }

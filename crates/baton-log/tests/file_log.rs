@@ -161,6 +161,17 @@ fn segment_path(dir: &Path, first_seq: u64) -> std::path::PathBuf {
     dir.join(format!("log-{first_seq:020}.seg"))
 }
 
+/// The sorted names of the files in `dir` that end with `suffix`.
+fn names_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
 fn small_segments() -> FileLogOptions {
     FileLogOptions { segment_bytes: 200 }
 }
@@ -272,16 +283,7 @@ fn segments_roll_and_truncation_deletes_whole_ones() {
     let dir = tmp.path().join("data");
     let mut log = FileLog::open_with(&dir, small_segments()).unwrap();
     fill(&mut log, 60);
-    let segments = |dir: &Path| {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.ends_with(".seg"))
-            .collect();
-        names.sort();
-        names
-    };
-    let before = segments(&dir);
+    let before = names_ending(&dir, ".seg");
     assert!(before.len() >= 5, "200-byte segments roll: {before:?}");
     assert_entries(&log, 1, 60);
     // Reads that cross segment boundaries, in small chunks.
@@ -298,7 +300,7 @@ fn segments_roll_and_truncation_deletes_whole_ones() {
     .unwrap();
     log.truncate_before(41).unwrap();
     assert_entries(&log, 41, 60);
-    let after = segments(&dir);
+    let after = names_ending(&dir, ".seg");
     assert!(after.len() < before.len(), "{before:?} -> {after:?}");
     drop(log);
     let mut log = FileLog::open_with(&dir, small_segments()).unwrap();
@@ -452,17 +454,7 @@ fn snapshots_saved_from_another_thread_count_for_truncation() {
         data: b"at 35".to_vec(),
     })
     .unwrap();
-    let snaps = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".snap")
-        })
-        .count();
-    assert_eq!(snaps, 1);
+    assert_eq!(names_ending(tmp.path(), ".snap").len(), 1);
 }
 
 #[test]
