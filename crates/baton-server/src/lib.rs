@@ -139,12 +139,9 @@ pub async fn serve_listener(
             let _ = stop_tx.send(true);
         })
         .await?;
-    let sequencer = Arc::try_unwrap(sequencer)
-        .map_err(|_| anyhow::anyhow!("requests still running at shutdown"));
-    match sequencer {
-        Ok(sequencer) => tokio::task::spawn_blocking(move || sequencer.shutdown()).await??,
-        Err(e) => tracing::warn!("{e}"),
-    }
+    // Not `Arc::try_unwrap`: a connection task still being dropped may hold
+    // a clone, and the shutdown snapshot must be taken regardless.
+    tokio::task::spawn_blocking(move || sequencer.shutdown()).await??;
     eprintln!("baton: stopped cleanly");
     Ok(())
 }

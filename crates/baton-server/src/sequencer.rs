@@ -232,8 +232,11 @@ impl Sequencer {
             .unwrap_or_else(|_| Err(unavailable("the writer stopped before answering")))
     }
 
-    /// Stop the writer after it has drained its queue, then snapshot.
-    pub fn shutdown(self) -> Result<(), anyhow::Error> {
+    /// Stop the writer after it has drained its queue, then snapshot. Later
+    /// submissions are answered UNAVAILABLE. Takes `&self`: a request task
+    /// that still holds the sequencer (a connection being torn down) must not
+    /// keep the shutdown snapshot from being taken.
+    pub fn shutdown(&self) -> Result<(), anyhow::Error> {
         let (done, finished) = oneshot::channel();
         if self.requests.send(Request::Shutdown(done)).is_ok() {
             let _ = finished.blocking_recv();
