@@ -1272,16 +1272,40 @@ async fn events(
             .unwrap_or(DEFAULT_PAGE)
             .min(state.config.limits.max_list_page);
         let from = q.from_revision.unwrap_or(1);
-        let (backlog, _) =
+        let (mut backlog, _) =
             state
                 .sequencer
                 .shared()
                 .events
                 .subscribe(&q.prefix, Some(from), None, limit)?;
         let revision = state.read(|m| Ok(m.revision()))?;
-        let next_revision = backlog
+        let mut next_revision = backlog
             .last()
             .map_or(from.max(revision + 1).min(revision + 1), |s| s.revision + 1);
+        // A full page must not end inside a revision (a release and the grant
+        // it makes share one): resuming at the next revision would skip the
+        // rest. Leave the last revision whole for the next page; when one
+        // revision fills the page, return all of it, over the limit.
+        if backlog.len() >= limit
+            && let (Some(first), Some(last)) = (backlog.first(), backlog.last())
+        {
+            let (first, last) = (first.revision, last.revision);
+            if first != last {
+                backlog.retain(|s| s.revision != last);
+                next_revision = last;
+            } else {
+                let (whole, _) = state.sequencer.shared().events.subscribe(
+                    &q.prefix,
+                    Some(first),
+                    None,
+                    state.config.limits.max_list_page,
+                )?;
+                backlog = whole
+                    .into_iter()
+                    .take_while(|s| s.revision == first)
+                    .collect();
+            }
+        }
         let events: Vec<&baton_core::Event> = backlog.iter().map(|s| s.event.as_ref()).collect();
         Ok(json!({ "events": events, "next_revision": next_revision }))
     });

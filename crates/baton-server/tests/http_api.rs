@@ -150,6 +150,31 @@ async fn a_blocking_wait_is_answered_when_the_lock_is_released() {
     assert_eq!(granted.ok()["status"], "held");
     assert_eq!(granted.ok()["agent"], "bob");
     assert!(granted.ok()["fence_token"].as_u64().unwrap() > lock_id);
+
+    // The release revision holds two events (released, granted). Paging the
+    // audit trail with any limit returns every event once, in order: a page
+    // never ends inside a revision.
+    let full = alice.get("/v1/events?prefix=w/&limit=1000").await.ok()["events"].clone();
+    let full = full.as_array().unwrap().clone();
+    assert!(full.len() >= 4, "{full:?}");
+    for limit in 1..=4 {
+        let mut paged = Vec::new();
+        let mut from = 1;
+        for _ in 0..100 {
+            let page = alice
+                .get(&format!(
+                    "/v1/events?prefix=w/&from_revision={from}&limit={limit}"
+                ))
+                .await;
+            let events = page.ok()["events"].as_array().unwrap().clone();
+            if events.is_empty() {
+                break;
+            }
+            paged.extend(events);
+            from = page.ok()["next_revision"].as_u64().unwrap();
+        }
+        assert_eq!(paged, full, "limit {limit}");
+    }
     server.stop().await;
 }
 
