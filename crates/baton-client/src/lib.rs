@@ -574,7 +574,7 @@ impl Client {
 
     /// Ok if the server answers `GET /healthz` with 200.
     pub async fn health(&self) -> Result<(), Error> {
-        let url = self.join(&ApiRequest::health())?;
+        let url = self.join(&ApiRequest::health());
         let response = self
             .http
             .get(url.clone())
@@ -711,7 +711,7 @@ impl Client {
     }
 
     fn request_url(&self, request: &ApiRequest) -> Result<reqwest::Url, Error> {
-        let url = self.join(&request.path_and_query())?;
+        let url = self.join(&request.path_and_query());
         // URLs resolve `.` and `..` segments away, so such a key would name
         // another key: refuse instead.
         let path = request.path.split('?').next().unwrap_or_default();
@@ -727,7 +727,7 @@ impl Client {
         Ok(url)
     }
 
-    fn join(&self, path_and_query: &str) -> Result<reqwest::Url, Error> {
+    fn join(&self, path_and_query: &str) -> reqwest::Url {
         // The base has no path: set path and query on a copy rather than
         // parse a whole URL (scheme, host) for every request.
         let (path, query) = match path_and_query.split_once('?') {
@@ -737,7 +737,7 @@ impl Client {
         let mut url = self.base.clone();
         url.set_path(path);
         url.set_query(query);
-        Ok(url)
+        url
     }
 
     fn transport_error(

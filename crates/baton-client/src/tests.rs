@@ -563,3 +563,63 @@ async fn a_write_with_release_sends_it_beside_the_fence_and_reads_what_was_relea
         json!({"value": 2, "fence": {"key": "c/lock", "token": 5}, "release": 5})
     );
 }
+
+#[tokio::test]
+async fn an_answer_of_an_unexpected_shape_is_an_error_not_a_default() {
+    // `send` decodes successes straight into their type; anything else takes
+    // the general path, which must still name the problem.
+    let (url, server) = serve_once(http_response(
+        "200 OK",
+        "application/json",
+        r#"{"ok":true,"result":{"key":"c/a","version":"nine"}}"#,
+    ))
+    .await;
+    let client = Client::new(&url, "bot").unwrap();
+    let error = client
+        .kv_put("c/a", &json!(1), PutOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(
+        error.message.contains("expected shape"),
+        "{}",
+        error.message
+    );
+    server.await.unwrap();
+
+    let (url, server) = serve_once(http_response(
+        "409 Conflict",
+        "application/json",
+        r#"{"ok":false,"error":{"code":"CONCURRENT_MODIFICATION","message":"version moved"}}"#,
+    ))
+    .await;
+    let client = Client::new(&url, "bot").unwrap();
+    let error = client
+        .kv_put("c/a", &json!(1), PutOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::ConcurrentModification);
+    assert_eq!(error.message, "version moved");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn keys_with_query_or_fragment_characters_reach_the_path_encoded() {
+    let (url, server) = serve_once(http_response(
+        "200 OK",
+        "application/json",
+        r#"{"ok":true,"result":{"key":"c/a?b#c","version":1}}"#,
+    ))
+    .await;
+    let client = Client::new(&url, "bot").unwrap();
+    client
+        .kv_put("c/a?b#c", &json!(1), PutOptions::default())
+        .await
+        .unwrap();
+    let request = server.await.unwrap();
+    let line = request.lines().next().unwrap();
+    assert!(
+        line.starts_with("PUT /v1/kv/c/a%3Fb%23c HTTP/1.1"),
+        "{line}"
+    );
+}

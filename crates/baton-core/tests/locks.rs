@@ -599,16 +599,6 @@ fn cancelling_a_waiter_lets_the_ones_behind_it_go() {
 
 // ---- a mutation that releases the caller's lock in the same command ------------
 
-fn put_op(key: &str, value: serde_json::Value, if_version: Option<u64>) -> Op {
-    Op::Put {
-        key: key.into(),
-        value,
-        if_version,
-        if_absent: false,
-        ttl_ms: None,
-    }
-}
-
 fn held_by(h: &Harness, key: &str) -> Vec<u64> {
     h.machine
         .key_locks(key)

@@ -6,16 +6,6 @@ use baton_core::*;
 use common::*;
 use serde_json::json;
 
-fn put_op(key: &str, value: serde_json::Value, if_version: Option<u64>) -> Op {
-    Op::Put {
-        key: key.into(),
-        value,
-        if_version,
-        if_absent: false,
-        ttl_ms: None,
-    }
-}
-
 #[test]
 fn versions_are_revisions_and_conflicts_carry_the_current_value() {
     let mut h = Harness::new();

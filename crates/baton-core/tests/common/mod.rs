@@ -125,3 +125,14 @@ pub fn write(reply: &Reply) -> &WriteResult {
         other => panic!("expected a write, got {other:?}"),
     }
 }
+
+/// A plain put, optionally conditional on the key's version.
+pub fn put_op(key: &str, value: Value, if_version: Option<u64>) -> Op {
+    Op::Put {
+        key: key.into(),
+        value,
+        if_version,
+        if_absent: false,
+        ttl_ms: None,
+    }
+}
