@@ -27,6 +27,7 @@
 
 mod request;
 pub mod sse;
+mod transport;
 
 use std::time::Duration;
 
@@ -43,11 +44,15 @@ pub use baton_core::reply::{
     ReservationInfo, SessionInfo, SettleResult, TxnResult, WriteResult,
 };
 pub use baton_core::{LockMode, Txn};
+pub use hyper::Method;
 pub use request::{
     ApiRequest, LockRequest, OnceRequest, PatchRequest, PutOptions, RateRequest, SemaphoreRequest,
     encode_key,
 };
-pub use reqwest::Method;
+pub use transport::{IDLE_CONNECTION_TIMEOUT, MAX_IDLE_CONNECTIONS};
+
+use hyper::header::{HeaderName, HeaderValue};
+use transport::{Failure, Outgoing, Transport};
 
 /// Where `baton serve` listens unless told otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:7700";
@@ -64,9 +69,12 @@ const START_HINT: &str = "is `baton serve` running? start it with `baton serve` 
 /// `client.clone().with_idempotency_key(..)`.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    base: reqwest::Url,
+    transport: Transport,
+    /// `http://host:port`, as messages name the server.
+    base: String,
     agent: String,
+    /// `agent` as a header value, checked once.
+    agent_header: HeaderValue,
     session: Option<u64>,
     idempotency_key: Option<String>,
     fence: Option<Fence>,
@@ -127,21 +135,18 @@ impl Client {
                 "every request names its agent: pass --agent or set BATON_AGENT",
             ));
         }
-        let base = parse_base_url(url)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("baton-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("cannot set up the HTTP client: {}", error_chain(&e)),
-                )
-            })?;
+        let agent_header = HeaderValue::from_str(&agent).map_err(|_| {
+            Error::invalid(
+                "agent",
+                format!("{agent:?} cannot go in an HTTP header: use printable ASCII"),
+            )
+        })?;
+        let (transport, base) = parse_base_url(url)?;
         Ok(Client {
-            http,
+            transport,
             base,
             agent,
+            agent_header,
             session: None,
             idempotency_key: None,
             fence: None,
@@ -191,7 +196,7 @@ impl Client {
 
     /// The server's base URL, as requests name it.
     pub fn url(&self) -> &str {
-        self.base.as_str().trim_end_matches('/')
+        &self.base
     }
 
     pub fn agent(&self) -> &str {
@@ -533,32 +538,35 @@ impl Client {
         from_revision: Option<u64>,
     ) -> Result<EventStream, Error> {
         let request = ApiRequest::watch(prefix, from_revision);
-        let url = self.request_url(&request)?;
-        // No request timeout: the stream lives as long as the caller wants.
-        let response = self
-            .headers(self.http.get(url.clone()))
-            .header("Accept", "text/event-stream")
-            .send()
+        let path = request.path.clone();
+        let url = format!("{}{}", self.base, request.path_and_query());
+        let mut outgoing = self.outgoing(request)?;
+        outgoing.headers.push((
+            hyper::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        ));
+        // Only the answer's head is timed: the stream lives as long as the
+        // caller wants.
+        let (status, mut body) = self
+            .transport
+            .open_stream(outgoing, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| self.transport_error(&url, &e, None))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| self.transport_error(&url, &e, None))?;
-            return Err(
-                match decode_envelope(status.as_u16(), &body, url.as_str()) {
-                    Err(error) => error,
-                    Ok(_) => unexpected_answer(url.as_str(), status.as_u16(), "an event stream"),
-                },
-            );
+            .map_err(|e| self.transport_error(&path, e))?;
+        if !(200..300).contains(&status) {
+            let mut whole = Vec::new();
+            while let Some(chunk) = body.next().await {
+                whole.extend_from_slice(&chunk.map_err(|e| self.transport_error(&path, e))?);
+            }
+            return Err(match decode_envelope(status, &whole, &url) {
+                Err(error) => error,
+                Ok(_) => unexpected_answer(&url, status, "an event stream"),
+            });
         }
         let state = WatchState {
-            bytes: Box::pin(response.bytes_stream()),
+            bytes: body,
             parser: sse::SseParser::new(),
             ready: std::collections::VecDeque::new(),
-            url: url.to_string(),
+            url,
             next_revision: from_revision,
             done: false,
         };
@@ -574,15 +582,14 @@ impl Client {
 
     /// Ok if the server answers `GET /healthz` with 200.
     pub async fn health(&self) -> Result<(), Error> {
-        let url = self.join(&ApiRequest::health());
-        let response = self
-            .http
-            .get(url.clone())
-            .timeout(REQUEST_TIMEOUT)
-            .send()
+        let request = ApiRequest::health();
+        let path = request.path.clone();
+        let (status, _) = self
+            .transport
+            .exchange(self.outgoing(request)?, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| self.transport_error(&url, &e, Some(REQUEST_TIMEOUT)))?;
-        match response.status().as_u16() {
+            .map_err(|e| self.transport_error(&path, e))?;
+        match status {
             200 => Ok(()),
             status => Err(Error::new(
                 ErrorCode::Unavailable,
@@ -609,42 +616,19 @@ impl Client {
 
     /// Sends a described request and returns the `result` as JSON.
     pub async fn send_json(&self, request: ApiRequest) -> Result<Value, Error> {
-        let (status, body, url) = self.exchange(request).await?;
-        decode_envelope(status, &body, url.as_str())
+        let target = request.path_and_query();
+        let (status, body) = self.exchange(request).await?;
+        decode_envelope(status, &body, &format!("{}{target}", self.base))
     }
 
-    /// Sends a request; returns the HTTP status, the body, and the URL.
-    async fn exchange(
-        &self,
-        request: ApiRequest,
-    ) -> Result<(u16, bytes::Bytes, reqwest::Url), Error> {
-        let url = self.request_url(&request)?;
+    /// Sends a request; returns the HTTP status and the body.
+    async fn exchange(&self, request: ApiRequest) -> Result<(u16, bytes::Bytes), Error> {
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(request.wait_ms);
-        let mutation = request.method != Method::GET && request.method != Method::HEAD;
-        let mut builder = self
-            .headers(self.http.request(request.method.clone(), url.clone()))
-            .timeout(timeout);
-        if mutation && let Some(key) = &self.idempotency_key {
-            builder = builder.header("Idempotency-Key", key);
-        }
-        let body = if mutation {
-            self.with_release_in(self.with_fence_in(request.body))
-        } else {
-            request.body
-        };
-        if let Some(body) = body {
-            builder = builder.json(&body);
-        }
-        let response = builder
-            .send()
+        let path = request.path.clone();
+        self.transport
+            .exchange(self.outgoing(request)?, CONNECT_TIMEOUT, timeout)
             .await
-            .map_err(|e| self.transport_error(&url, &e, Some(timeout)))?;
-        let status = response.status().as_u16();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&url, &e, Some(timeout)))?;
-        Ok((status, body, url))
+            .map_err(|e| self.transport_error(&path, e))
     }
 
     /// Sends a described request and decodes its `result` as `T`.
@@ -655,8 +639,8 @@ impl Client {
             ok: bool,
             result: Option<T>,
         }
-        let path = request.path.clone();
-        let (status, body, url) = self.exchange(request).await?;
+        let target = request.path_and_query();
+        let (status, body) = self.exchange(request).await?;
         if let Ok(Success {
             ok: true,
             result: Some(result),
@@ -665,24 +649,62 @@ impl Client {
             return Ok(result);
         }
         // Errors, and answers of an unexpected shape: the general path.
-        let result = decode_envelope(status, &body, url.as_str())?;
+        let url = format!("{}{target}", self.base);
+        let result = decode_envelope(status, &body, &url)?;
         serde_json::from_value(result).map_err(|e| {
             Error::new(
                 ErrorCode::Internal,
                 format!(
-                    "the answer of {}{path} does not have the expected shape ({e}); are client and server the same version?",
-                    self.url()
+                    "the answer of {url} does not have the expected shape ({e}); are client and server the same version?"
                 ),
             )
         })
     }
 
-    fn headers(&self, builder: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-        let builder = builder.header("Baton-Agent", &self.agent);
-        match self.session {
-            Some(session) => builder.header("Baton-Session", session.to_string()),
-            None => builder,
+    /// The request as it goes on the wire: target, this client's headers,
+    /// and for a mutation its idempotency key, fence and release.
+    fn outgoing(&self, request: ApiRequest) -> Result<Outgoing, Error> {
+        let uri = request_target(&request)?;
+        let mut headers = vec![(
+            HeaderName::from_static("baton-agent"),
+            self.agent_header.clone(),
+        )];
+        if let Some(session) = self.session {
+            headers.push((
+                HeaderName::from_static("baton-session"),
+                HeaderValue::from(session),
+            ));
         }
+        let mutation = request.method != Method::GET && request.method != Method::HEAD;
+        let body = if mutation {
+            if let Some(key) = &self.idempotency_key {
+                let value = HeaderValue::from_str(key).map_err(|_| {
+                    Error::invalid(
+                        "idempotency_key",
+                        format!("{key:?} cannot go in an HTTP header: use printable ASCII"),
+                    )
+                })?;
+                headers.push((HeaderName::from_static("idempotency-key"), value));
+            }
+            self.with_release_in(self.with_fence_in(request.body))
+        } else {
+            request.body
+        };
+        let body = match body {
+            Some(body) => Some(serde_json::to_vec(&body).map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("cannot encode the request body: {e}"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Outgoing {
+            method: request.method,
+            uri,
+            headers,
+            body,
+        })
     }
 
     fn with_fence_in(&self, body: Option<Value>) -> Option<Value> {
@@ -710,55 +732,58 @@ impl Client {
         Some(body)
     }
 
-    fn request_url(&self, request: &ApiRequest) -> Result<reqwest::Url, Error> {
-        let url = self.join(&request.path_and_query());
-        // URLs resolve `.` and `..` segments away, so such a key would name
-        // another key: refuse instead.
-        let path = request.path.split('?').next().unwrap_or_default();
-        let expected = format!("{}{path}", self.base.path().trim_end_matches('/'));
-        if url.path() != expected {
-            return Err(Error::invalid(
-                "key",
-                format!(
-                    "{path:?} has a '.' or '..' segment, which a URL path cannot carry; rename the key"
-                ),
-            ));
-        }
-        Ok(url)
-    }
-
-    fn join(&self, path_and_query: &str) -> reqwest::Url {
-        // The base has no path: set path and query on a copy rather than
-        // parse a whole URL (scheme, host) for every request.
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
-        };
-        let mut url = self.base.clone();
-        url.set_path(path);
-        url.set_query(query);
-        url
-    }
-
-    fn transport_error(
-        &self,
-        url: &reqwest::Url,
-        error: &reqwest::Error,
-        timeout: Option<Duration>,
-    ) -> Error {
-        transport_error(self.url(), url.path(), error, timeout)
+    fn transport_error(&self, path: &str, failure: Failure) -> Error {
+        transport_error(self.url(), path, failure)
     }
 }
 
-/// Makes the base URL: an `http://` URL with no path, query or fragment.
-fn parse_base_url(url: &str) -> Result<reqwest::Url, Error> {
+/// The request's origin-form target (`/path?query`). A path with a `.` or
+/// `..` segment is refused: every HTTP client and proxy on the way may
+/// resolve it away, and the key would then name another key. Characters a
+/// URI cannot carry are percent-encoded (raw paths from the CLI).
+fn request_target(request: &ApiRequest) -> Result<hyper::Uri, Error> {
+    let target = request.path_and_query();
+    let path = target.split('?').next().unwrap_or_default();
+    if path.split('/').any(is_dot_segment) {
+        return Err(Error::invalid(
+            "key",
+            format!(
+                "{path:?} has a '.' or '..' segment, which a URL path cannot carry; rename the key"
+            ),
+        ));
+    }
+    let mut escaped = String::with_capacity(target.len());
+    for byte in target.bytes() {
+        if byte.is_ascii_graphic() && !b"\"#<>\\^`{|}".contains(&byte) {
+            escaped.push(byte as char);
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    hyper::Uri::try_from(escaped).map_err(|e| {
+        Error::invalid(
+            "path",
+            format!("{path:?} is not a URL path ({e}); it must start with '/'"),
+        )
+    })
+}
+
+/// `.` or `..`, also percent-encoded (`%2e`), as URL parsers resolve them.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
+/// Checks the base URL (an `http://` URL with no path, query or fragment)
+/// and makes the transport to it; also the URL as messages name it.
+fn parse_base_url(url: &str) -> Result<(Transport, String), Error> {
     let trimmed = url.trim();
     let with_scheme = if trimmed.contains("://") {
         trimmed.to_string()
     } else {
         format!("http://{trimmed}")
     };
-    let parsed = reqwest::Url::parse(&with_scheme).map_err(|e| {
+    let parsed = url::Url::parse(&with_scheme).map_err(|e| {
         Error::invalid(
             "url",
             format!("{url:?} is not a URL ({e}); write it like {DEFAULT_URL}"),
@@ -772,13 +797,33 @@ fn parse_base_url(url: &str) -> Result<reqwest::Url, Error> {
             ),
         ));
     }
-    if parsed.query().is_some() || parsed.fragment().is_some() {
+    if parsed.query().is_some() || parsed.fragment().is_some() || parsed.path() != "/" {
         return Err(Error::invalid(
             "url",
-            format!("{url:?} must not have a query or fragment; write it like {DEFAULT_URL}"),
+            format!("{url:?} must not have a path, query or fragment; write it like {DEFAULT_URL}"),
         ));
     }
-    Ok(parsed)
+    let host = match parsed.host() {
+        Some(url::Host::Domain(name)) => name.to_string(),
+        Some(url::Host::Ipv4(address)) => address.to_string(),
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        None => {
+            return Err(Error::invalid(
+                "url",
+                format!("{url:?} names no host; write it like {DEFAULT_URL}"),
+            ));
+        }
+    };
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let base = parsed.as_str().trim_end_matches('/').to_string();
+    let authority = base.trim_start_matches("http://");
+    let authority = HeaderValue::from_str(authority).map_err(|_| {
+        Error::invalid(
+            "url",
+            format!("{url:?} has a host that cannot go in a header"),
+        )
+    })?;
+    Ok((Transport::new(host, port, authority), base))
 }
 
 /// Decodes `{"ok": true, "result": R}` into `R` and `{"ok": false, "error": E}`
@@ -827,27 +872,22 @@ fn unexpected_answer(url: &str, status: u16, expected: &str) -> Error {
 }
 
 /// UNAVAILABLE for a request that got no answer, naming the URL and what to do.
-fn transport_error(
-    base: &str,
-    path: &str,
-    error: &reqwest::Error,
-    timeout: Option<Duration>,
-) -> Error {
-    let message = if error.is_connect() {
-        format!(
-            "cannot reach Baton at {base} ({}); {START_HINT}",
-            root_cause(error)
-        )
-    } else if error.is_timeout() {
-        let after = timeout.map_or_else(String::new, |t| format!(" within {} ms", t.as_millis()));
-        format!(
-            "Baton at {base} did not answer {path}{after}; a mutation may or may not have been applied: retry it with the same idempotency key"
-        )
-    } else {
-        format!(
-            "the request to Baton at {base}{path} failed ({}); {START_HINT}",
-            root_cause(error)
-        )
+fn transport_error(base: &str, path: &str, failure: Failure) -> Error {
+    let message = match failure {
+        Failure::Connect(error) => {
+            format!("cannot reach Baton at {base} ({error}); {START_HINT}")
+        }
+        Failure::ConnectTimeout(after) => format!(
+            "cannot reach Baton at {base} (no connection within {} ms); {START_HINT}",
+            after.as_millis()
+        ),
+        Failure::Timeout(after) => format!(
+            "Baton at {base} did not answer {path} within {} ms; a mutation may or may not have been applied: retry it with the same idempotency key",
+            after.as_millis()
+        ),
+        Failure::Exchange(cause) => format!(
+            "the request to Baton at {base}{path} failed ({cause}); a mutation may or may not have been applied: retry it with the same idempotency key; {START_HINT}"
+        ),
     };
     Error::new(ErrorCode::Unavailable, message).with_details(serde_json::json!({ "url": base }))
 }
@@ -861,17 +901,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(source) = cause {
-        text.push_str(": ");
-        text.push_str(&source.to_string());
-        cause = source.source();
-    }
-    text
-}
-
 /// The state behind [`Client::watch`]'s stream.
 struct WatchState<S> {
     bytes: S,
@@ -883,10 +912,9 @@ struct WatchState<S> {
     done: bool,
 }
 
-impl<S, B> WatchState<S>
+impl<S> WatchState<S>
 where
-    S: Stream<Item = reqwest::Result<B>> + Unpin,
-    B: AsRef<[u8]>,
+    S: Stream<Item = Result<bytes::Bytes, Failure>> + Unpin,
 {
     async fn next(mut self) -> Option<(Result<Event, Error>, WatchState<S>)> {
         loop {
@@ -900,14 +928,17 @@ where
             }
             match self.bytes.next().await {
                 Some(Ok(chunk)) => self.ready.extend(self.parser.push(chunk.as_ref())),
-                Some(Err(error)) => {
+                Some(Err(failure)) => {
                     self.done = true;
+                    let cause = match failure {
+                        Failure::Exchange(cause) => cause,
+                        other => format!("{other:?}"),
+                    };
                     let error = Error::new(
                         ErrorCode::Unavailable,
                         format!(
-                            "the watch stream from {} broke ({}); {}",
+                            "the watch stream from {} broke ({cause}); {}",
                             self.url,
-                            root_cause(&error),
                             self.resume_hint()
                         ),
                     );

@@ -3,7 +3,7 @@
 //! here, so each endpoint is spelled exactly once.
 
 use baton_core::LockMode;
-use reqwest::Method;
+use hyper::Method;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -523,8 +523,8 @@ impl ApiRequest {
         ApiRequest::get("/v1/status".into())
     }
 
-    pub(crate) fn health() -> String {
-        "/healthz".to_string()
+    pub(crate) fn health() -> ApiRequest {
+        ApiRequest::get("/healthz".into())
     }
 }
 

@@ -3,6 +3,8 @@
 
 use super::*;
 use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -89,7 +91,12 @@ fn base_urls_are_checked() {
         "http://127.0.0.1:7700"
     );
     assert_eq!(Client::new("http://h:1/", "a").unwrap().url(), "http://h:1");
-    for bad in ["https://h:1", "http://h:1/?x=1", "::nope"] {
+    for bad in [
+        "https://h:1",
+        "http://h:1/?x=1",
+        "::nope",
+        "http://h:1/baton",
+    ] {
         let error = Client::new(bad, "a").unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidArgument, "{bad}");
         assert!(error.message.starts_with("url: "), "{}", error.message);
@@ -174,35 +181,136 @@ async fn serve_once(response: String) -> (String, tokio::task::JoinHandle<String
     let url = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        // Read the head, then as many body bytes as Content-Length says.
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let length = text
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse::<usize>().unwrap())
-                    })
-                    .unwrap_or(0);
-                if request.len() >= end + 4 + length {
-                    break;
-                }
-            }
-            if n == 0 {
-                break;
-            }
-        }
+        let request = read_request(&mut socket, &mut Vec::new())
+            .await
+            .unwrap_or_default();
         socket.write_all(response.as_bytes()).await.unwrap();
         socket.shutdown().await.unwrap();
-        String::from_utf8_lossy(&request).to_string()
+        request
     });
     (url, task)
+}
+
+/// Reads one request (head, then as many body bytes as Content-Length
+/// says) from `socket`; bytes already read past it stay in `pending`.
+/// `None` once the client has closed the connection.
+async fn read_request(socket: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(pending).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if pending.len() >= end + 4 + length {
+                let request: Vec<u8> = pending.drain(..end + 4 + length).collect();
+                return Some(String::from_utf8_lossy(&request).to_string());
+            }
+        }
+        let n = socket.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// What the keep-alive test server does after one answer.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    KeepOpen,
+    Close,
+}
+
+/// A server that answers any number of requests per connection, as `answer`
+/// says for the n-th request of the server (from 0), and counts connections.
+struct KeepAliveServer {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    /// How many connections the server has closed.
+    closed: tokio::sync::watch::Receiver<usize>,
+    hang_up: Arc<tokio::sync::Notify>,
+}
+
+impl KeepAliveServer {
+    /// Closes every connection that is waiting for its next request.
+    fn hang_up(&self) {
+        self.hang_up.notify_waiters();
+    }
+
+    /// Waits (at most 5 s) until the server has closed `count` connections.
+    async fn closed(&mut self, count: usize) {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            self.closed.wait_for(|c| *c >= count),
+        )
+        .await
+        .expect("the server did not close the connection within 5 s")
+        .unwrap();
+    }
+}
+
+async fn keep_alive_server<F>(answer: F) -> KeepAliveServer
+where
+    F: Fn(usize, &str) -> (String, Then) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let answer = Arc::new(answer);
+    let counter = accepted.clone();
+    let (closed_tx, closed) = tokio::sync::watch::channel(0);
+    let closed_tx = Arc::new(closed_tx);
+    let hang_up = Arc::new(tokio::sync::Notify::new());
+    let hung_up = hang_up.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (answer, served, closed_tx) = (answer.clone(), served.clone(), closed_tx.clone());
+            let hung_up = hung_up.clone();
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                loop {
+                    let request = tokio::select! {
+                        request = read_request(&mut socket, &mut pending) => request,
+                        () = hung_up.notified() => None,
+                    };
+                    let Some(request) = request else { break };
+                    let (response, then) = answer(served.fetch_add(1, Ordering::SeqCst), &request);
+                    if socket.write_all(response.as_bytes()).await.is_err() || then == Then::Close {
+                        break;
+                    }
+                }
+                drop(socket);
+                closed_tx.send_modify(|c| *c += 1);
+            });
+        }
+    });
+    KeepAliveServer {
+        url,
+        accepted,
+        closed,
+        hang_up,
+    }
+}
+
+/// A keep-alive 200 answer whose result is `result`.
+fn keep_alive_ok(result: Value) -> String {
+    let body = json!({"ok": true, "result": result}).to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn request_line(request: &str) -> String {
+    request.lines().next().unwrap_or_default().to_string()
 }
 
 fn http_response(status: &str, content_type: &str, body: &str) -> String {
@@ -622,4 +730,156 @@ async fn keys_with_query_or_fragment_characters_reach_the_path_encoded() {
         line.starts_with("PUT /v1/kv/c/a%3Fb%23c HTTP/1.1"),
         "{line}"
     );
+}
+
+// ---- the transport: keep-alive connections driven in the caller's task ----
+
+#[tokio::test]
+async fn sequential_calls_reuse_one_connection() {
+    let server = keep_alive_server(|n, request| {
+        (
+            keep_alive_ok(json!({"n": n, "line": request_line(request)})),
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let client = Client::new(&server.url, "bot").unwrap();
+    for n in 0..5 {
+        let answer = client
+            .request_json(Method::GET, &format!("/v1/kv/k{n}"), None)
+            .await
+            .unwrap();
+        assert_eq!(answer["n"], json!(n));
+        assert_eq!(answer["line"], json!(format!("GET /v1/kv/k{n} HTTP/1.1")));
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_replaced_without_an_error() {
+    let mut server =
+        keep_alive_server(|n, _| (keep_alive_ok(json!({"n": n})), Then::KeepOpen)).await;
+    let client = Client::new(&server.url, "bot").unwrap();
+    let first = client.request_json(Method::GET, "/v1/status", None).await;
+    assert_eq!(first.unwrap()["n"], json!(0));
+    // The connection is idle in the client's pool when the server hangs up:
+    // the client finds out only when it next takes it.
+    server.hang_up();
+    // Once the server has hung up, the end is in the client's socket (on
+    // loopback, at once): the replacement is then deterministic, not a race.
+    server.closed(1).await;
+    let second = client.request_json(Method::GET, "/v1/status", None).await;
+    assert_eq!(second.unwrap()["n"], json!(1));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_answer_cut_off_midway_is_unavailable_and_the_next_call_reconnects() {
+    let server = keep_alive_server(|n, _| {
+        if n == 0 {
+            // Promises 100 bytes, sends 10, hangs up.
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"ok\":true".to_string(),
+                Then::Close,
+            )
+        } else {
+            (keep_alive_ok(json!({"n": n})), Then::KeepOpen)
+        }
+    })
+    .await;
+    let client = Client::new(&server.url, "bot").unwrap();
+    let error = client
+        .request_json(Method::PUT, "/v1/kv/a", Some(json!({"value": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::Unavailable);
+    assert!(
+        error.message.contains("may or may not have been applied"),
+        "{}",
+        error.message
+    );
+    let again = client.request_json(Method::GET, "/v1/kv/a", None).await;
+    assert_eq!(again.unwrap()["n"], json!(1));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn concurrent_calls_from_clones_each_get_their_own_answer() {
+    // Every answer echoes its request line: a connection handed to two
+    // calls at once, or an answer read by the wrong call, shows as a mismatch.
+    const CALLS: usize = 64;
+    let server = keep_alive_server(|_, request| {
+        (
+            keep_alive_ok(json!({"line": request_line(request)})),
+            Then::KeepOpen,
+        )
+    })
+    .await;
+    let client = Client::new(&server.url, "bot").unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for round in 0..3 {
+        for n in 0..CALLS {
+            let client = client.clone();
+            calls.spawn(async move {
+                let path = format!("/v1/kv/r{round}/k{n}");
+                let answer = client.request_json(Method::GET, &path, None).await.unwrap();
+                assert_eq!(answer["line"], json!(format!("GET {path} HTTP/1.1")));
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            done.unwrap();
+        }
+    }
+    // Later rounds reuse what earlier rounds opened, up to the idle limit.
+    let accepted = server.accepted.load(Ordering::SeqCst);
+    assert!(
+        accepted <= CALLS + 2 * (CALLS - MAX_IDLE_CONNECTIONS),
+        "{accepted} connections for {} calls",
+        3 * CALLS
+    );
+}
+
+#[tokio::test]
+async fn raw_paths_are_percent_encoded_where_a_uri_cannot_carry_them() {
+    let (url, server) = serve_once(keep_alive_ok(json!({}))).await;
+    let client = Client::new(&url, "bot").unwrap();
+    client
+        .request_json(Method::GET, "/v1/kv/a b\"c", None)
+        .await
+        .unwrap();
+    let request = server.await.unwrap();
+    assert_eq!(request_line(&request), "GET /v1/kv/a%20b%22c HTTP/1.1");
+}
+
+#[test]
+fn agents_and_idempotency_keys_must_fit_in_a_header() {
+    let error = Client::new(DEFAULT_URL, "bot\nx").unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
+    assert!(error.message.starts_with("agent: "), "{}", error.message);
+    let client = Client::new(DEFAULT_URL, "bot")
+        .unwrap()
+        .with_idempotency_key("k\r\n1");
+    let error = client
+        .outgoing(ApiRequest::raw(Method::POST, "/v1/txn", None))
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidArgument);
+}
+
+#[test]
+fn dot_segments_are_found_also_percent_encoded() {
+    for dotted in [
+        "/v1/kv/a/./b",
+        "/v1/kv/..",
+        "/v1/kv/%2E%2e/x",
+        "/v1/kv/.%2e",
+    ] {
+        let error = request_target(&ApiRequest::raw(Method::GET, dotted, None)).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidArgument, "{dotted}");
+    }
+    for fine in ["/v1/kv/a.b", "/v1/kv/...", "/v1/kv/.hidden"] {
+        assert!(
+            request_target(&ApiRequest::raw(Method::GET, fine, None)).is_ok(),
+            "{fine}"
+        );
+    }
 }
