@@ -165,12 +165,40 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// The success/failure envelope every transport speaks:
-/// `{"ok": true, "result": ...}` or `{"ok": false, "error": {...}}`.
-pub fn envelope<T: Serialize>(reply: &Result<T, Error>) -> Value {
-    match reply {
-        Ok(result) => serde_json::json!({ "ok": true, "result": result }),
-        Err(error) => serde_json::json!({ "ok": false, "error": error }),
+/// `{"ok": true, "result": ...}` or `{"ok": false, "error": {...}}`,
+/// borrowed from a reply so that it serializes straight to bytes.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a, T> {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a Error>,
+}
+
+impl<'a, T: Serialize> Envelope<'a, T> {
+    pub fn of(reply: &'a Result<T, Error>) -> Envelope<'a, T> {
+        match reply {
+            Ok(result) => Envelope {
+                ok: true,
+                result: Some(result),
+                error: None,
+            },
+            Err(error) => Envelope {
+                ok: false,
+                result: None,
+                error: Some(error),
+            },
+        }
     }
+}
+
+/// The envelope of `reply` as a JSON value.
+pub fn envelope<T: Serialize>(reply: &Result<T, Error>) -> Value {
+    serde_json::to_value(Envelope::of(reply)).unwrap_or_else(|e| {
+        let error = Error::new(ErrorCode::Internal, format!("cannot encode the reply: {e}"));
+        serde_json::json!({ "ok": false, "error": error })
+    })
 }
 
 #[cfg(test)]
@@ -196,6 +224,34 @@ mod tests {
         assert_eq!(ErrorCode::Unavailable.exit_code(), 10);
         assert_eq!(ErrorCode::IdempotencyMismatch.http_status(), 422);
         assert_eq!(ErrorCode::Compacted.http_status(), 410);
+    }
+
+    #[test]
+    fn the_envelope_is_the_same_as_bytes_and_as_a_value() {
+        let ok: Result<Value, Error> = Ok(serde_json::json!({"lock_id": 7, "keys": ["a"]}));
+        let unit: Result<(), Error> = Ok(());
+        let err: Result<Value, Error> =
+            Err(Error::new(ErrorCode::Fenced, "stale").with_details(serde_json::json!({"x": 1})));
+        for (bytes, value) in [
+            (serde_json::to_vec(&Envelope::of(&ok)), envelope(&ok)),
+            (serde_json::to_vec(&Envelope::of(&unit)), envelope(&unit)),
+            (serde_json::to_vec(&Envelope::of(&err)), envelope(&err)),
+        ] {
+            let decoded: Value = serde_json::from_slice(&bytes.unwrap()).unwrap();
+            assert_eq!(decoded, value);
+        }
+        assert_eq!(
+            envelope(&ok),
+            serde_json::json!({"ok": true, "result": {"lock_id": 7, "keys": ["a"]}})
+        );
+        assert_eq!(
+            envelope(&unit),
+            serde_json::json!({"ok": true, "result": null})
+        );
+        assert_eq!(
+            envelope(&err)["error"]["details"],
+            serde_json::json!({"x": 1})
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod validate;
 pub use command::{
     Command, Compare, CompareOp, Fence, LockAcquire, LockMode, Op, Patch, SYSTEM_AGENT, Txn, TxnOp,
 };
-pub use error::{Error, ErrorCode, envelope};
+pub use error::{Envelope, Error, ErrorCode, envelope};
 pub use event::{Event, EventKind, Outcome};
 pub use limits::Limits;
 pub use machine::{Output, StateMachine, Wakeup};

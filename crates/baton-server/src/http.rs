@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, extract::DefaultBodyLimit};
 use baton_core::{
-    Command, Compare, Error, ErrorCode, Fence, LockAcquire, LockMode, Op, Patch, Txn, TxnOp,
-    envelope,
+    Command, Compare, Envelope, Error, ErrorCode, Fence, LockAcquire, LockMode, Op, Patch, Txn,
+    TxnOp,
 };
 use futures_util::stream::{self, Stream, StreamExt};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -117,11 +117,49 @@ async fn count_requests(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_string();
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let response = next.run(request).await;
-    metrics::counter!(m::REQUESTS, "route" => route, "method" => method, "status" => response.status().as_u16().to_string())
+    let status = status_label(response.status());
+    metrics::counter!(m::REQUESTS, "route" => route, "method" => method, "status" => status)
         .increment(1);
     response
+}
+
+/// Labels of the request counter without an allocation for the usual
+/// values: this runs on every request.
+fn method_label(method: &axum::http::Method) -> metrics::SharedString {
+    use axum::http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return metrics::SharedString::from(method.as_str().to_string()),
+    };
+    metrics::SharedString::const_str(name)
+}
+
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    let code = match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        410 => "410",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        other => return metrics::SharedString::from(other.to_string()),
+    };
+    metrics::SharedString::const_str(code)
 }
 
 // ---- replies ----------------------------------------------------------------
@@ -134,7 +172,16 @@ pub fn reply_json<T: serde::Serialize>(reply: Result<T, Error>) -> Response {
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
     };
     let retry_after = reply.as_ref().err().and_then(|e| e.retry_after_ms);
-    let mut response = (status, axum::Json(envelope(&reply))).into_response();
+    // Straight to bytes: no `Value` tree between the reply and the wire.
+    let body = serde_json::to_vec(&Envelope::of(&reply)).unwrap_or_else(|e| {
+        let error = Error::new(ErrorCode::Internal, format!("cannot encode the reply: {e}"));
+        serde_json::to_vec(&Envelope::<()>::of(&Err(error))).unwrap_or_default()
+    });
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(ms) = retry_after
         && let Ok(value) = HeaderValue::from_str(&ms.div_ceil(1000).to_string())
     {
