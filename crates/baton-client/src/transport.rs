@@ -161,15 +161,16 @@ impl Transport {
     }
 
     fn request(&self, outgoing: Outgoing) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::from(
-            outgoing.body.clone().unwrap_or_default(),
-        )));
+        let has_body = outgoing.body.is_some();
+        let mut request = Request::new(Full::new(
+            outgoing.body.map(Bytes::from).unwrap_or_default(),
+        ));
         *request.method_mut() = outgoing.method;
         *request.uri_mut() = outgoing.uri;
         let headers = request.headers_mut();
         headers.insert(header::HOST, self.authority.clone());
         headers.insert(header::USER_AGENT, USER_AGENT);
-        if outgoing.body.is_some() {
+        if has_body {
             headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
