@@ -553,10 +553,17 @@ impl Client {
             .await
             .map_err(|e| self.transport_error(&path, e))?;
         if !(200..300).contains(&status) {
-            let mut whole = Vec::new();
-            while let Some(chunk) = body.next().await {
-                whole.extend_from_slice(&chunk.map_err(|e| self.transport_error(&path, e))?);
-            }
+            // A refusal is a short envelope, read within the usual timeout.
+            let whole = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let mut whole = Vec::new();
+                while let Some(chunk) = body.next().await {
+                    whole.extend_from_slice(&chunk?);
+                }
+                Ok(whole)
+            })
+            .await
+            .unwrap_or(Err(Failure::Timeout(REQUEST_TIMEOUT)))
+            .map_err(|e| self.transport_error(&path, e))?;
             return Err(match decode_envelope(status, &whole, &url) {
                 Err(error) => error,
                 Ok(_) => unexpected_answer(&url, status, "an event stream"),
