@@ -8,8 +8,11 @@ use serde_json::Value;
 /// The agent id the core uses for what it does by itself (expiries).
 pub const SYSTEM_AGENT: &str = "baton";
 
-/// One mutation, with who asked for it.
+/// One mutation, with who asked for it. Unknown fields are refused: a log
+/// entry written by a newer Baton (a field this binary does not know, such
+/// as `release` once was) must stop a replay loudly, not apply differently.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Command {
     /// The calling agent; idempotency keys and lock ownership are scoped to it.
     pub agent: String,

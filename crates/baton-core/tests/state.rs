@@ -745,4 +745,7 @@ fn commands_round_trip_through_json() {
     assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), cmd);
     let unknown_field = r#"{"agent":"a","op":{"op":"put","key":"a/b","value":1,"bogus":1}}"#;
     assert!(serde_json::from_str::<Command>(unknown_field).is_err());
+    // Also beside `op`: a field from a newer Baton is refused, not dropped.
+    let unknown_top = r#"{"agent":"a","op":{"op":"put","key":"a/b","value":1},"bogus":1}"#;
+    assert!(serde_json::from_str::<Command>(unknown_top).is_err());
 }

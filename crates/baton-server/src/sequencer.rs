@@ -38,6 +38,7 @@ const REPLAY_CHUNK: usize = 8192;
 
 /// A log entry: the command and the time the sequencer stamped on it.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LogRecord<'a> {
     #[serde(rename = "t")]
     time: u64,
@@ -141,8 +142,12 @@ impl Sequencer {
             let Some(last) = entries.last() else { break };
             next = last.seq + 1;
             for entry in &entries {
-                let record: LogRecord = serde_json::from_slice(&entry.data)
-                    .map_err(|e| anyhow::anyhow!("log entry {} is unreadable: {e}", entry.seq))?;
+                let record: LogRecord = serde_json::from_slice(&entry.data).map_err(|e| {
+                    anyhow::anyhow!(
+                        "log entry {} is unreadable ({e}); if a newer Baton wrote it, run that version on this data directory",
+                        entry.seq
+                    )
+                })?;
                 let out = machine.apply(entry.seq, record.time, &record.command);
                 events.push(out.events);
                 replayed += 1;

@@ -140,3 +140,41 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
         .ok();
     server.stop().await;
 }
+
+#[test]
+fn a_log_entry_with_a_field_this_binary_does_not_know_stops_recovery() {
+    // A newer Baton may add a field to commands (as `release` was added);
+    // an older binary must refuse to replay such an entry, not apply it
+    // without the field and diverge from the state that was acknowledged.
+    use baton_log::{FileLog, Log};
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let known = baton_core::Command::new(
+        "agent",
+        baton_core::Op::Put {
+            key: "app/x".into(),
+            value: json!(1),
+            if_version: None,
+            if_absent: false,
+            ttl_ms: None,
+        },
+    );
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&baton_server::encode_record(1_000, &known)).unwrap();
+    record["c"]["from_the_future"] = json!(7);
+    {
+        let mut log = FileLog::open(dir).unwrap();
+        log.append(&[baton_server::encode_record(1_000, &known)])
+            .unwrap();
+        log.append(&[serde_json::to_vec(&record).unwrap()]).unwrap();
+    }
+    let log = FileLog::open(dir).unwrap();
+    let Err(error) = baton_server::Sequencer::start(Box::new(log) as Box<dyn Log>, &config(dir))
+    else {
+        panic!("a log entry with an unknown field must stop recovery");
+    };
+    let message = format!("{error:#}");
+    assert!(message.contains("log entry 2"), "{message}");
+    assert!(message.contains("from_the_future"), "{message}");
+    assert!(message.contains("newer Baton"), "{message}");
+}
