@@ -537,10 +537,9 @@ impl Client {
         prefix: &str,
         from_revision: Option<u64>,
     ) -> Result<EventStream, Error> {
-        let request = ApiRequest::watch(prefix, from_revision);
-        let path = request.path.clone();
-        let url = format!("{}{}", self.base, request.path_and_query());
-        let mut outgoing = self.outgoing(request)?;
+        let mut outgoing = self.outgoing(ApiRequest::watch(prefix, from_revision))?;
+        let path = outgoing.uri.path().to_string();
+        let url = format!("{}{}", self.base, outgoing.uri);
         outgoing.headers.push((
             hyper::header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
@@ -549,7 +548,7 @@ impl Client {
         // caller wants.
         let (status, mut body) = self
             .transport
-            .open_stream(outgoing, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+            .open_stream(outgoing, REQUEST_TIMEOUT)
             .await
             .map_err(|e| self.transport_error(&path, e))?;
         if !(200..300).contains(&status) {
@@ -589,13 +588,7 @@ impl Client {
 
     /// Ok if the server answers `GET /healthz` with 200.
     pub async fn health(&self) -> Result<(), Error> {
-        let request = ApiRequest::health();
-        let path = request.path.clone();
-        let (status, _) = self
-            .transport
-            .exchange(self.outgoing(request)?, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
-            .await
-            .map_err(|e| self.transport_error(&path, e))?;
+        let (status, _, _) = self.exchange(ApiRequest::health()).await?;
         match status {
             200 => Ok(()),
             status => Err(Error::new(
@@ -623,19 +616,26 @@ impl Client {
 
     /// Sends a described request and returns the `result` as JSON.
     pub async fn send_json(&self, request: ApiRequest) -> Result<Value, Error> {
-        let target = request.path_and_query();
-        let (status, body) = self.exchange(request).await?;
+        let (status, body, target) = self.exchange(request).await?;
         decode_envelope(status, &body, &format!("{}{target}", self.base))
     }
 
-    /// Sends a request; returns the HTTP status and the body.
-    async fn exchange(&self, request: ApiRequest) -> Result<(u16, bytes::Bytes), Error> {
+    /// Sends a request; returns the HTTP status, the body, and the request's
+    /// target (`/path?query`) for messages.
+    async fn exchange(
+        &self,
+        request: ApiRequest,
+    ) -> Result<(u16, bytes::Bytes, hyper::Uri), Error> {
         let timeout = REQUEST_TIMEOUT + Duration::from_millis(request.wait_ms);
-        let path = request.path.clone();
-        self.transport
-            .exchange(self.outgoing(request)?, CONNECT_TIMEOUT, timeout)
+        let outgoing = self.outgoing(request)?;
+        // A `Uri` clone shares its bytes: nothing is copied per request.
+        let target = outgoing.uri.clone();
+        let (status, body) = self
+            .transport
+            .exchange(outgoing, timeout)
             .await
-            .map_err(|e| self.transport_error(&path, e))
+            .map_err(|e| self.transport_error(target.path(), e))?;
+        Ok((status, body, target))
     }
 
     /// Sends a described request and decodes its `result` as `T`.
@@ -646,8 +646,7 @@ impl Client {
             ok: bool,
             result: Option<T>,
         }
-        let target = request.path_and_query();
-        let (status, body) = self.exchange(request).await?;
+        let (status, body, target) = self.exchange(request).await?;
         if let Ok(Success {
             ok: true,
             result: Some(result),
@@ -830,7 +829,7 @@ fn parse_base_url(url: &str) -> Result<(Transport, String), Error> {
             format!("{url:?} has a host that cannot go in a header"),
         )
     })?;
-    Ok((Transport::new(host, port, authority), base))
+    Ok((Transport::new(host, port, authority, CONNECT_TIMEOUT), base))
 }
 
 /// Decodes `{"ok": true, "result": R}` into `R` and `{"ok": false, "error": E}`

@@ -676,39 +676,34 @@ async fn a_write_with_release_sends_it_beside_the_fence_and_reads_what_was_relea
 async fn an_answer_of_an_unexpected_shape_is_an_error_not_a_default() {
     // `send` decodes successes straight into their type; anything else takes
     // the general path, which must still name the problem.
-    let (url, server) = serve_once(http_response(
+    let put_answered = |status: &'static str, body: &'static str| async move {
+        let (url, server) = serve_once(http_response(status, "application/json", body)).await;
+        let client = Client::new(&url, "bot").unwrap();
+        let error = client
+            .kv_put("c/a", &json!(1), PutOptions::default())
+            .await
+            .unwrap_err();
+        server.await.unwrap();
+        error
+    };
+    let error = put_answered(
         "200 OK",
-        "application/json",
         r#"{"ok":true,"result":{"key":"c/a","version":"nine"}}"#,
-    ))
+    )
     .await;
-    let client = Client::new(&url, "bot").unwrap();
-    let error = client
-        .kv_put("c/a", &json!(1), PutOptions::default())
-        .await
-        .unwrap_err();
     assert_eq!(error.code, ErrorCode::Internal);
     assert!(
-        error.message.contains("expected shape"),
+        error.message.contains("expected shape") && error.message.contains("/v1/kv/c/a"),
         "{}",
         error.message
     );
-    server.await.unwrap();
-
-    let (url, server) = serve_once(http_response(
+    let error = put_answered(
         "409 Conflict",
-        "application/json",
         r#"{"ok":false,"error":{"code":"CONCURRENT_MODIFICATION","message":"version moved"}}"#,
-    ))
+    )
     .await;
-    let client = Client::new(&url, "bot").unwrap();
-    let error = client
-        .kv_put("c/a", &json!(1), PutOptions::default())
-        .await
-        .unwrap_err();
     assert_eq!(error.code, ErrorCode::ConcurrentModification);
     assert_eq!(error.message, "version moved");
-    server.await.unwrap();
 }
 
 #[tokio::test]

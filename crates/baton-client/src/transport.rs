@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, Uri};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -61,6 +61,8 @@ pub struct Transport {
     host: String,
     port: u16,
     authority: HeaderValue,
+    /// How long to wait for a TCP connection.
+    connect_timeout: Duration,
     idle: Arc<Mutex<Vec<Idle>>>,
 }
 
@@ -98,11 +100,17 @@ const USER_AGENT: HeaderValue =
 impl Transport {
     /// `host` is a name or an IP address (IPv6 without brackets);
     /// `authority` is what the Host header says.
-    pub fn new(host: String, port: u16, authority: HeaderValue) -> Transport {
+    pub fn new(
+        host: String,
+        port: u16,
+        authority: HeaderValue,
+        connect_timeout: Duration,
+    ) -> Transport {
         Transport {
             host,
             port,
             authority,
+            connect_timeout,
             idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -112,11 +120,9 @@ impl Transport {
     pub async fn exchange(
         &self,
         outgoing: Outgoing,
-        connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<(u16, Bytes), Failure> {
-        let mut connection = self.ready_connection(connect_timeout).await?;
-        let sent = send(&mut connection.sender, self.request(outgoing));
+        let (mut connection, sent) = self.start(outgoing).await?;
         let driver = &mut connection.driver;
         // Dropped on a timeout or an error, so the connection closes: it is
         // mid-answer and cannot carry another request.
@@ -141,11 +147,9 @@ impl Transport {
     pub async fn open_stream(
         &self,
         outgoing: Outgoing,
-        connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<(u16, BodyStream), Failure> {
-        let mut connection = self.ready_connection(connect_timeout).await?;
-        let sent = send(&mut connection.sender, self.request(outgoing));
+        let (mut connection, sent) = self.start(outgoing).await?;
         let response = tokio::time::timeout(timeout, connection.driver.drive(sent))
             .await
             .map_err(|_| Failure::Timeout(timeout))???;
@@ -158,6 +162,23 @@ impl Transport {
                 done: false,
             },
         ))
+    }
+
+    /// A ready connection with `outgoing` handed to it; the answer comes
+    /// once the connection is driven.
+    async fn start(
+        &self,
+        outgoing: Outgoing,
+    ) -> Result<
+        (
+            Connection,
+            impl Future<Output = Result<Response<Incoming>, Failure>> + use<>,
+        ),
+        Failure,
+    > {
+        let mut connection = self.ready_connection().await?;
+        let sent = send(&mut connection.sender, self.request(outgoing));
+        Ok((connection, sent))
     }
 
     fn request(&self, outgoing: Outgoing) -> Request<Full<Bytes>> {
@@ -183,7 +204,7 @@ impl Transport {
     }
 
     /// An idle connection that is still open, or a new one.
-    async fn ready_connection(&self, connect_timeout: Duration) -> Result<Connection, Failure> {
+    async fn ready_connection(&self) -> Result<Connection, Failure> {
         while let Some(mut connection) = self.take_idle() {
             // Ready only if the server has not closed it meanwhile; nothing
             // was sent on it yet, so trying the next one is safe.
@@ -194,7 +215,7 @@ impl Transport {
                 return Ok(connection);
             }
         }
-        self.connect(connect_timeout).await
+        self.connect().await
     }
 
     fn take_idle(&self) -> Option<Connection> {
@@ -220,13 +241,13 @@ impl Transport {
         }
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<Connection, Failure> {
+    async fn connect(&self) -> Result<Connection, Failure> {
         let stream = tokio::time::timeout(
-            connect_timeout,
+            self.connect_timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| Failure::ConnectTimeout(connect_timeout))?
+        .map_err(|_| Failure::ConnectTimeout(self.connect_timeout))?
         .map_err(Failure::Connect)?;
         // Requests are small and answered one at a time: send each at once.
         stream.set_nodelay(true).map_err(Failure::Connect)?;
@@ -248,7 +269,7 @@ impl Transport {
 fn send(
     sender: &mut http1::SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
-) -> impl Future<Output = Result<hyper::Response<Incoming>, Failure>> + use<> {
+) -> impl Future<Output = Result<Response<Incoming>, Failure>> + use<> {
     let sent = sender.send_request(request);
     async move {
         sent.await

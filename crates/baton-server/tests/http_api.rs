@@ -768,6 +768,15 @@ async fn metrics_health_and_openapi() {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
+    // The request counter's labels (static strings on the hot path) name
+    // the route, the method and the status.
+    let put_counted = metrics.lines().any(|line| {
+        line.starts_with("baton_http_requests_total{")
+            && line.contains(r#"route="/v1/kv/{*key}""#)
+            && line.contains(r#"method="PUT""#)
+            && line.contains(r#"status="200""#)
+    });
+    assert!(put_counted, "no PUT 200 count for /v1/kv in\n{metrics}");
     assert_eq!(api.get("/healthz").await.status, 200);
     assert_eq!(api.get("/readyz").await.status, 200);
     let openapi: Value = http
