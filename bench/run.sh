@@ -13,6 +13,7 @@
 #   redis-server  :6380 appendonly yes, appendfsync always   (durable)
 #                 :6381 appendonly yes, appendfsync everysec (not durable)
 #   PostgreSQL    :5432 is expected to run (db test, trust auth)
+#   baton-bench floor :17713 (the transport floor: canned answers, no work)
 # then runs baton-bench with every argument given here, which prints the
 # table and writes bench/results/<date>.json, <date>.md and latest.md.
 # Everything the script started is stopped on exit (by its process id).
@@ -137,9 +138,14 @@ start_baton 17711
 start_baton 17712
 EXTRAS_PID=$LAST_PID
 
+# ---- the transport floor: a server that does no work ----
+"$BENCH" floor --listen 127.0.0.1:17713 >"$WORK/floor.log" 2>&1 &
+STARTED+=($!)
+wait_for 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/17713' || log "the floor did not come up (see $WORK/floor.log)"
+
 log "running baton-bench $*"
 export BATON_BENCH_COMMAND="bench/run.sh $*"
-"$BENCH" --baton-url http://127.0.0.1:17711 \
+"$BENCH" --baton-url http://127.0.0.1:17711 --floor-url http://127.0.0.1:17713 \
     --extras-url http://127.0.0.1:17712 --extras-pid "$EXTRAS_PID" \
     --restart-bench "$RESTART_BENCH" --probe-dir "$WORK" \
     --results-dir "$ROOT/bench/results" "$@"

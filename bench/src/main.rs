@@ -8,6 +8,7 @@
 //! never a test: nothing here runs in the test suite.
 
 mod extras;
+mod floor;
 mod report;
 mod stats;
 mod systems;
@@ -40,9 +41,12 @@ Usually run through bench/run.sh, which starts the servers first.
 Examples:
   baton-bench --quick
   baton-bench --duration 5s --clients 1,16,64 --results-dir bench/results
-  baton-bench --systems baton,etcd --workloads lock-contended --clients 64 --no-extras"
+  baton-bench --systems baton,etcd --workloads lock-contended --clients 64 --no-extras
+  baton-bench floor --listen 127.0.0.1:17713    (the transport floor's server)"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// How long each cell (system × workload × clients) runs
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -66,11 +70,13 @@ struct Args {
     /// How long operations in flight at the deadline may still take
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// Systems, comma-separated: baton, etcd, redis-always, redis-everysec, postgres
+    /// Systems, comma-separated: baton, etcd, redis-always, redis-everysec,
+    /// postgres, and the transport floor's floor-sdk and floor-raw (a server
+    /// that does no work: lock-uncontended only)
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baton,etcd,redis-always,redis-everysec,postgres"
+        default_value = "baton,etcd,redis-always,redis-everysec,postgres,floor-sdk,floor-raw"
     )]
     systems: Vec<SystemName>,
     /// Workloads, comma-separated: lock-uncontended, lock-contended, cas-counter, counter-add, kv-put
@@ -95,6 +101,9 @@ struct Args {
         default_value = "host=127.0.0.1 port=5432 user=postgres dbname=test"
     )]
     postgres: String,
+    /// `baton-bench floor`, the server that does no work
+    #[arg(long, default_value = "http://127.0.0.1:17713")]
+    floor_url: String,
     /// A second, fresh `baton serve` for the Baton-only measurements
     #[arg(long)]
     extras_url: Option<String>,
@@ -124,8 +133,21 @@ struct Args {
     results_dir: Option<PathBuf>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Serve the transport floor: canned answers to lock acquire and
+    /// release, no work, one thread (until killed)
+    Floor {
+        #[arg(long, default_value = "127.0.0.1:17713")]
+        listen: std::net::SocketAddr,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    if let Some(Command::Floor { listen }) = args.command {
+        return floor::serve(listen);
+    }
     if args.quick {
         args.duration = Duration::from_millis(400);
         args.grace = args.grace.min(Duration::from_secs(5));
@@ -162,6 +184,10 @@ fn system_of(args: &Args, name: SystemName) -> System {
         },
         SystemName::Postgres => System::Postgres {
             conninfo: args.postgres.clone(),
+        },
+        SystemName::FloorSdk | SystemName::FloorRaw => System::Floor {
+            url: args.floor_url.clone(),
+            raw: name == SystemName::FloorRaw,
         },
     }
 }
@@ -206,7 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for &workload in &args.workloads {
             for &clients in &args.clients {
                 for system in &systems {
-                    if workload == Workload::CounterAdd && !system.has_atomic_add() {
+                    if !system.runs(workload) {
                         continue;
                     }
                     let (disk_fsync_ms, quiet_wait) =

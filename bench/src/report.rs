@@ -12,6 +12,9 @@ use crate::workload::{CellResult, Workload};
 
 /// The peers in table order; Baton is compared with each.
 pub const PEERS: [&str; 4] = ["etcd", "redis-always", "redis-everysec", "postgres"];
+/// The transport floor (`crate::floor`) through Baton's client and raw.
+pub const FLOOR_SDK: &str = "floor-sdk";
+pub const FLOOR_RAW: &str = "floor-raw";
 
 #[derive(Debug, Serialize)]
 pub struct SystemInfo {
@@ -78,9 +81,32 @@ impl Report {
 
     /// Baton's throughput over the peer's, same workload and client count.
     pub fn ratio(&self, peer: &str, workload: Workload, clients: usize) -> Option<f64> {
-        let baton = self.cell("baton", workload, clients)?;
-        let peer = self.cell(peer, workload, clients)?;
-        (peer.throughput > 0.0).then(|| baton.throughput / peer.throughput)
+        self.ratio_of("baton", peer, workload, clients)
+    }
+
+    /// One system's throughput over another's, same workload and clients.
+    fn ratio_of(
+        &self,
+        system: &str,
+        over: &str,
+        workload: Workload,
+        clients: usize,
+    ) -> Option<f64> {
+        let system = self.cell(system, workload, clients)?;
+        let over = self.cell(over, workload, clients)?;
+        (over.throughput > 0.0).then(|| system.throughput / over.throughput)
+    }
+
+    /// What the transport floor says of a lock-uncontended ratio against
+    /// `peer`: the most a server that does no work reached, per client.
+    fn ceiling(&self, peer: &str, clients: usize) -> Option<String> {
+        let of = |floor| self.ratio_of(floor, peer, Workload::LockUncontended, clients);
+        let parts: Vec<String> = [("Baton's client", FLOOR_SDK), ("a raw client", FLOOR_RAW)]
+            .into_iter()
+            .filter_map(|(client, floor)| of(floor).map(|r| format!("{r:.2}× with {client}")))
+            .collect();
+        (!parts.is_empty())
+            .then(|| format!("a server that does no work reaches {}", parts.join(", ")))
     }
 
     /// The targets, at 64 clients (or the most clients run).
@@ -102,12 +128,12 @@ impl Report {
             }
         };
         targets.push(ratio_target(self, Workload::LockUncontended, "etcd", 5.0));
-        targets.push(ratio_target(
-            self,
-            Workload::LockUncontended,
-            "redis-always",
-            1.5,
-        ));
+        let mut uncontended_redis =
+            ratio_target(self, Workload::LockUncontended, "redis-always", 1.5);
+        if let Some(ceiling) = self.ceiling("redis-always", clients) {
+            uncontended_redis.measured = format!("{} ({ceiling})", uncontended_redis.measured);
+        }
+        targets.push(uncontended_redis);
         targets.push(ratio_target(self, Workload::LockContended, "etcd", 5.0));
         targets.push(ratio_target(
             self,
@@ -276,6 +302,8 @@ impl Report {
             self.settings.redis_retry_mean_ms
         );
 
+        self.floor_markdown(&mut md);
+
         let _ = writeln!(md, "\n## Targets (durable Baton vs peers, same run)\n");
         let _ = writeln!(
             md,
@@ -435,6 +463,56 @@ impl Report {
             let _ = writeln!(md, "Not measured in this run.");
         }
         md
+    }
+}
+
+impl Report {
+    /// The transport floor's section: lock-uncontended against a server
+    /// that does no work, beside Baton and redis-always.
+    fn floor_markdown(&self, md: &mut String) {
+        let workload = Workload::LockUncontended;
+        let rows: Vec<usize> = self
+            .settings
+            .clients
+            .iter()
+            .copied()
+            .filter(|&c| {
+                self.cell(FLOOR_SDK, workload, c).is_some()
+                    || self.cell(FLOOR_RAW, workload, c).is_some()
+            })
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "\n## The transport floor: lock-uncontended against a server that does no work\n\n`baton-bench floor` answers Baton's lock acquire and release with canned replies of the real server's shape and size, from one thread: no routing, JSON, state or disk. `floor-sdk` drives it with Baton's Rust client, exactly as the bench drives Baton; `floor-raw` writes the same request bytes and reads each answer with no HTTP library. One HTTP/1.1 round trip per command, one connection per client, like every system here. A floor's ratio over a peer is the most any server could reach against that peer with that client on this machine.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| clients | {FLOOR_RAW} | {FLOOR_SDK} | baton | redis-always | {FLOOR_RAW} ÷ redis-always | {FLOOR_SDK} ÷ redis-always | baton ÷ {FLOOR_SDK} |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let figure = |system: &str, clients| {
+            self.cell(system, workload, clients)
+                .map_or("—".into(), |c| rate(c.throughput))
+        };
+        let share = |system: &str, over: &str, clients| {
+            self.ratio_of(system, over, workload, clients)
+                .map_or("—".into(), |r| format!("{r:.2}×"))
+        };
+        for clients in rows {
+            let _ = writeln!(
+                md,
+                "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
+                figure(FLOOR_RAW, clients),
+                figure(FLOOR_SDK, clients),
+                figure("baton", clients),
+                figure("redis-always", clients),
+                share(FLOOR_RAW, "redis-always", clients),
+                share(FLOOR_SDK, "redis-always", clients),
+                share("baton", FLOOR_SDK, clients),
+            );
+        }
     }
 }
 

@@ -8,6 +8,9 @@ pub mod etcd;
 pub mod postgres;
 pub mod redis;
 
+use crate::floor;
+use crate::workload::Workload;
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,10 +22,25 @@ pub const LEASE: Duration = Duration::from_secs(30);
 /// Which system, and where it listens.
 #[derive(Debug, Clone)]
 pub enum System {
-    Baton { url: String },
-    Etcd { url: String },
-    Redis { name: String, url: String },
-    Postgres { conninfo: String },
+    Baton {
+        url: String,
+    },
+    Etcd {
+        url: String,
+    },
+    Redis {
+        name: String,
+        url: String,
+    },
+    Postgres {
+        conninfo: String,
+    },
+    /// The transport floor (`crate::floor`): a server that does no work,
+    /// driven by Baton's client (`floor-sdk`) or by raw bytes (`floor-raw`).
+    Floor {
+        url: String,
+        raw: bool,
+    },
 }
 
 impl System {
@@ -32,12 +50,18 @@ impl System {
             System::Etcd { .. } => "etcd",
             System::Redis { name, .. } => name,
             System::Postgres { .. } => "postgres",
+            System::Floor { raw: false, .. } => "floor-sdk",
+            System::Floor { raw: true, .. } => "floor-raw",
         }
     }
 
     /// Whether an acknowledged write survives a crash of the machine.
     pub fn durable(&self) -> bool {
-        !matches!(self, System::Redis { name, .. } if name != "redis-always")
+        match self {
+            System::Redis { name, .. } => name == "redis-always",
+            System::Floor { .. } => false,
+            _ => true,
+        }
     }
 
     /// One client's connection. `client` numbers the clients of a run.
@@ -47,12 +71,21 @@ impl System {
             System::Etcd { url } => Conn::Etcd(etcd::Conn::connect(url).await?),
             System::Redis { url, .. } => Conn::Redis(redis::Conn::connect(url, client).await?),
             System::Postgres { conninfo } => Conn::Pg(postgres::Conn::connect(conninfo).await?),
+            System::Floor { url, raw: false } => Conn::Baton(baton::Conn::connect(url, client)?),
+            System::Floor { url, raw: true } => {
+                Conn::Floor(floor::RawConn::connect(url, client).await?)
+            }
         })
     }
 
-    /// Whether the system has an atomic add (etcd has none).
-    pub fn has_atomic_add(&self) -> bool {
-        !matches!(self, System::Etcd { .. })
+    /// Whether the workload means anything here: etcd has no atomic add,
+    /// and the floor answers only lock acquire and release.
+    pub fn runs(&self, workload: Workload) -> bool {
+        match self {
+            System::Etcd { .. } => workload != Workload::CounterAdd,
+            System::Floor { .. } => workload == Workload::LockUncontended,
+            _ => true,
+        }
     }
 
     /// Once per run, before the first workload: tables, and the version.
@@ -62,6 +95,7 @@ impl System {
             System::Etcd { url } => etcd::version(url).await,
             System::Redis { url, .. } => redis::version(url).await,
             System::Postgres { conninfo } => postgres::setup(conninfo).await,
+            System::Floor { url, .. } => floor::version(url).await,
         }
     }
 }
@@ -84,6 +118,8 @@ pub enum Held {
     Pg {
         lock_id: i64,
     },
+    /// The floor's raw client: nothing to remember.
+    Floor,
 }
 
 /// An operation that failed, and whether it was the system refusing (the
@@ -111,6 +147,7 @@ pub enum Conn {
     Etcd(etcd::Conn),
     Redis(redis::Conn),
     Pg(postgres::Conn),
+    Floor(floor::RawConn),
 }
 
 impl Conn {
@@ -121,6 +158,7 @@ impl Conn {
             Conn::Etcd(c) => c.acquire(key).await,
             Conn::Redis(c) => c.acquire(key, max_wait).await,
             Conn::Pg(c) => c.acquire(key).await,
+            Conn::Floor(c) => c.acquire().await,
         }
     }
 
@@ -130,6 +168,7 @@ impl Conn {
             (Conn::Etcd(c), Held::Etcd { owner_key }) => c.release(&owner_key).await,
             (Conn::Redis(c), Held::Redis { token }) => c.release(key, &token).await,
             (Conn::Pg(c), Held::Pg { lock_id }) => c.release(lock_id).await,
+            (Conn::Floor(c), Held::Floor) => c.release().await,
             (_, held) => Err(OpError(format!("{held:?} is not this system's lock"))),
         }
     }
@@ -180,6 +219,7 @@ impl Conn {
             Conn::Etcd(c) => c.cas_increment(counter).await,
             Conn::Redis(c) => c.cas_increment(counter).await,
             Conn::Pg(c) => c.cas_increment(counter).await,
+            Conn::Floor(_) => Err(floor::only_locks()),
         }
     }
 
@@ -190,6 +230,7 @@ impl Conn {
             Conn::Etcd(_) => Err(OpError("etcd has no atomic add".into())),
             Conn::Redis(c) => c.atomic_add(counter).await,
             Conn::Pg(c) => c.atomic_add(counter).await,
+            Conn::Floor(_) => Err(floor::only_locks()),
         }
     }
 
@@ -200,6 +241,7 @@ impl Conn {
             Conn::Etcd(c) => c.put(key, value).await,
             Conn::Redis(c) => c.put(key, value).await,
             Conn::Pg(c) => c.put(key, value).await,
+            Conn::Floor(_) => Err(floor::only_locks()),
         }
     }
 
@@ -210,6 +252,7 @@ impl Conn {
             Conn::Etcd(c) => c.read_counter(counter).await.map(|(value, _)| value),
             Conn::Redis(c) => c.read_counter(counter).await,
             Conn::Pg(c) => c.read_counter(counter).await.map(|(value, _)| value),
+            Conn::Floor(_) => Err(floor::only_locks()),
         }
     }
 
@@ -219,6 +262,7 @@ impl Conn {
             Conn::Etcd(c) => c.read_value(key).await,
             Conn::Redis(c) => c.read_value(key).await,
             Conn::Pg(c) => c.read_value(key).await,
+            Conn::Floor(_) => Err(floor::only_locks()),
         }
     }
 
@@ -246,6 +290,8 @@ pub enum SystemName {
     RedisAlways,
     RedisEverysec,
     Postgres,
+    FloorSdk,
+    FloorRaw,
 }
 
 impl FromStr for SystemName {
@@ -257,9 +303,11 @@ impl FromStr for SystemName {
             "redis-always" => SystemName::RedisAlways,
             "redis-everysec" => SystemName::RedisEverysec,
             "postgres" => SystemName::Postgres,
+            "floor-sdk" => SystemName::FloorSdk,
+            "floor-raw" => SystemName::FloorRaw,
             other => {
                 return Err(format!(
-                    "unknown system {other:?}: use baton, etcd, redis-always, redis-everysec or postgres"
+                    "unknown system {other:?}: use baton, etcd, redis-always, redis-everysec, postgres, floor-sdk or floor-raw"
                 ));
             }
         })
