@@ -300,9 +300,36 @@ impl StateMachine {
     }
 
     /// Rebuild a state machine from [`StateMachine::snapshot`] bytes.
+    ///
+    /// A field this binary does not know is refused, not skipped: a newer
+    /// Baton wrote it, and restoring without it would diverge from the state
+    /// that was acknowledged (the same gate commands have). So a field can
+    /// only ever be added with the layout staying readable by newer binaries;
+    /// removing one means keeping it as a `#[serde(default, skip_serializing)]`
+    /// placeholder, or older snapshots stop restoring.
     pub fn restore(bytes: &[u8], limits: Limits) -> Result<Self, Error> {
-        let mut machine: StateMachine = serde_json::from_slice(bytes)
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("snapshot is unreadable: {e}")))?;
+        let unreadable = |e: serde_json::Error| {
+            Error::new(ErrorCode::Internal, format!("snapshot is unreadable: {e}"))
+        };
+        let mut unknown = Vec::new();
+        let mut decoder = serde_json::Deserializer::from_slice(bytes);
+        let mut machine: StateMachine =
+            serde_ignored::deserialize(&mut decoder, |path| unknown.push(path.to_string()))
+                .map_err(unreadable)?;
+        decoder.end().map_err(unreadable)?;
+        if !unknown.is_empty() {
+            const SHOWN: usize = 5;
+            let shown: Vec<&str> = unknown.iter().take(SHOWN).map(String::as_str).collect();
+            return Err(Error::new(
+                ErrorCode::Internal,
+                format!(
+                    "snapshot has {} field(s) this Baton does not know ({}{}); a newer Baton wrote it: run that version on this data directory",
+                    unknown.len(),
+                    shown.join(", "),
+                    if unknown.len() > SHOWN { ", ..." } else { "" }
+                ),
+            ));
+        }
         machine.limits = limits;
         for (id, lock) in &machine.locks {
             machine

@@ -718,6 +718,47 @@ fn same_commands_give_byte_identical_snapshots_and_restore_round_trips() {
 }
 
 #[test]
+fn a_snapshot_with_fields_this_binary_does_not_know_is_refused_and_an_older_one_restores() {
+    let mut h = Harness::new();
+    scripted(&mut h);
+    let snapshot: serde_json::Value = serde_json::from_slice(&h.machine.snapshot()).unwrap();
+
+    // A newer Baton's snapshot: a field at the top and one inside a lock.
+    let mut newer = snapshot.clone();
+    newer["from_the_future"] = json!(1);
+    let (lock_id, _) = newer["locks"].as_object().unwrap().iter().next().unwrap();
+    let lock_id = lock_id.clone();
+    newer["locks"][&lock_id]["lease_class"] = json!("gold");
+    let error =
+        StateMachine::restore(&serde_json::to_vec(&newer).unwrap(), Limits::default()).unwrap_err();
+    assert_eq!(error.code, ErrorCode::Internal);
+    assert!(error.message.contains("2 field(s)"), "{}", error.message);
+    assert!(
+        error.message.contains("from_the_future"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error
+            .message
+            .contains(&format!("locks.{lock_id}.lease_class")),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("newer Baton"), "{}", error.message);
+
+    // An older Baton's snapshot, written before quotas and queues existed,
+    // still restores to the same state.
+    let mut older = snapshot.clone();
+    for added_later in ["quotas", "reservations", "buckets", "onces", "queues"] {
+        older.as_object_mut().unwrap().remove(added_later);
+    }
+    let restored =
+        StateMachine::restore(&serde_json::to_vec(&older).unwrap(), Limits::default()).unwrap();
+    assert_eq!(restored.snapshot(), h.machine.snapshot());
+}
+
+#[test]
 fn commands_round_trip_through_json() {
     let cmd = Command::new(
         "a",

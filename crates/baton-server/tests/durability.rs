@@ -178,3 +178,44 @@ fn a_log_entry_with_a_field_this_binary_does_not_know_stops_recovery() {
     assert!(message.contains("from_the_future"), "{message}");
     assert!(message.contains("newer Baton"), "{message}");
 }
+
+#[test]
+fn a_snapshot_with_a_field_this_binary_does_not_know_stops_recovery() {
+    // The snapshot side of the same gate: an older binary must not restore
+    // a newer Baton's state without the fields it does not know.
+    use baton_log::{FileLog, Log, Snapshot};
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let command = baton_core::Command::new(
+        "agent",
+        baton_core::Op::Put {
+            key: "app/x".into(),
+            value: json!(1),
+            if_version: None,
+            if_absent: false,
+            ttl_ms: None,
+        },
+    );
+    let mut machine = baton_core::StateMachine::new(baton_core::Limits::default());
+    machine.apply(1, 1_000, &command);
+    let mut state: serde_json::Value = serde_json::from_slice(&machine.snapshot()).unwrap();
+    state["kv"]["app/x"]["from_the_future"] = json!(7);
+    {
+        let mut log = FileLog::open(dir).unwrap();
+        log.append(&[baton_server::encode_record(1_000, &command)])
+            .unwrap();
+        log.save_snapshot(&Snapshot {
+            seq: 1,
+            data: serde_json::to_vec(&state).unwrap(),
+        })
+        .unwrap();
+    }
+    let log = FileLog::open(dir).unwrap();
+    let Err(error) = baton_server::Sequencer::start(Box::new(log) as Box<dyn Log>, &config(dir))
+    else {
+        panic!("a snapshot with an unknown field must stop recovery");
+    };
+    let message = format!("{error:#}");
+    assert!(message.contains("kv.app/x.from_the_future"), "{message}");
+    assert!(message.contains("newer Baton"), "{message}");
+}
