@@ -24,6 +24,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 WORK=$(mktemp -d /tmp/baton-bench.XXXXXX)
 STARTED=()
+SERVER_PIDS=()
 
 cleanup() {
     local pid
@@ -135,17 +136,29 @@ start_baton() {
     fi
 }
 start_baton 17711
+SERVER_PIDS+=(--server-pid "baton=$LAST_PID")
 start_baton 17712
 EXTRAS_PID=$LAST_PID
 
 # ---- the transport floor: a server that does no work ----
 "$BENCH" floor --listen 127.0.0.1:17713 >"$WORK/floor.log" 2>&1 &
 STARTED+=($!)
+SERVER_PIDS+=(--server-pid "floor-sdk=$!" --server-pid "floor-raw=$!")
 wait_for 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/17713' || log "the floor did not come up (see $WORK/floor.log)"
+
+# Each server's CPU per operation, where it is one process we can name
+# (PostgreSQL runs a backend process per connection: not counted).
+redis_pid() { redis-cli -p "$1" info server 2>/dev/null | sed -n 's/^process_id:\([0-9]*\).*/\1/p'; }
+for entry in redis-always=6380 redis-everysec=6381; do
+    pid=$(redis_pid "${entry#*=}")
+    if [[ -n "$pid" ]]; then SERVER_PIDS+=(--server-pid "${entry%=*}=$pid"); fi
+done
+pid=$(pgrep -x etcd | head -1 || true)
+if [[ -n "$pid" ]]; then SERVER_PIDS+=(--server-pid "etcd=$pid"); fi
 
 log "running baton-bench $*"
 export BATON_BENCH_COMMAND="bench/run.sh $*"
 "$BENCH" --baton-url http://127.0.0.1:17711 --floor-url http://127.0.0.1:17713 \
     --extras-url http://127.0.0.1:17712 --extras-pid "$EXTRAS_PID" \
-    --restart-bench "$RESTART_BENCH" --probe-dir "$WORK" \
+    --restart-bench "$RESTART_BENCH" --probe-dir "$WORK" "${SERVER_PIDS[@]}" \
     --results-dir "$ROOT/bench/results" "$@"

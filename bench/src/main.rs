@@ -104,6 +104,10 @@ struct Args {
     /// `baton-bench floor`, the server that does no work
     #[arg(long, default_value = "http://127.0.0.1:17713")]
     floor_url: String,
+    /// A system's server process, as system=pid (repeatable): each cell then
+    /// reports that process's CPU per operation beside the load generator's
+    #[arg(long = "server-pid", value_parser = parse_server_pid)]
+    server_pids: Vec<(String, u32)>,
     /// A second, fresh `baton serve` for the Baton-only measurements
     #[arg(long)]
     extras_url: Option<String>,
@@ -131,6 +135,16 @@ struct Args {
     /// Write <date>.json, <date>.md and latest.md here
     #[arg(long)]
     results_dir: Option<PathBuf>,
+}
+
+fn parse_server_pid(text: &str) -> Result<(String, u32), String> {
+    let (system, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not system=pid, e.g. baton=1234"))?;
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?} in {text:?} is not a process id"))?;
+    Ok((system.to_string(), pid))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -237,6 +251,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     let (disk_fsync_ms, quiet_wait) =
                         probe_disk(&probe_dir, args.quiet_disk_ms).await?;
+                    let server_pid = args
+                        .server_pids
+                        .iter()
+                        .find(|(name, _)| name == system.name())
+                        .map(|&(_, pid)| pid);
+                    let cpu_before = (
+                        server_pid.and_then(|pid| stats::process_cpu_seconds(Some(pid))),
+                        stats::process_cpu_seconds(None),
+                    );
                     let cell = workload::run_cell(
                         system,
                         workload,
@@ -248,6 +271,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .await;
                     match cell {
                         Ok(mut cell) => {
+                            cell.cpu = cpu_per_op(cpu_before, server_pid, cell.completed);
                             cell.quiet_wait_s = quiet_wait.as_secs_f64();
                             cell.disk_fsync_after_ms = probe_disk(&probe_dir, None).await?.0;
                             eprintln!(
@@ -349,6 +373,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU per operation since `before` (the server's, the load generator's).
+fn cpu_per_op(
+    before: (Option<f64>, Option<f64>),
+    server_pid: Option<u32>,
+    completed: u64,
+) -> Option<workload::CpuPerOp> {
+    let ops = completed.max(1) as f64;
+    let client = stats::process_cpu_seconds(None)? - before.1?;
+    let server = match (
+        before.0,
+        server_pid.and_then(|p| stats::process_cpu_seconds(Some(p))),
+    ) {
+        (Some(before), Some(after)) => Some((after - before) / ops * 1e6),
+        _ => None,
+    };
+    Some(workload::CpuPerOp {
+        server_us: server,
+        client_us: client / ops * 1e6,
+    })
+}
+
 /// Longest wait for a quiet disk before one cell.
 const QUIET_WAIT_MAX: Duration = Duration::from_secs(10);
 
@@ -427,4 +472,18 @@ async fn run_extras(args: &Args, run_id: u64) -> Extras {
         );
     }
     extras
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_pids_parse_and_bad_ones_say_what_is_wrong() {
+        assert_eq!(parse_server_pid("baton=1234"), Ok(("baton".into(), 1234)));
+        let missing = parse_server_pid("baton").unwrap_err();
+        assert!(missing.contains("system=pid"), "{missing}");
+        let bad = parse_server_pid("baton=12x").unwrap_err();
+        assert!(bad.contains("not a process id"), "{bad}");
+    }
 }

@@ -330,7 +330,7 @@ impl Report {
         let _ = writeln!(md, "\n## Details\n");
         let _ = writeln!(
             md,
-            "| workload | clients | system | ops/s | latency of | p50 ms | p99 ms | max ms | fairness | min–max per client | conflicts | errors | disk fsync ms before/after | check |\n|---|---:|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|"
+            "| workload | clients | system | ops/s | latency of | p50 ms | p99 ms | max ms | fairness | min–max per client | conflicts | errors | CPU µs/op server/client | disk fsync ms before/after | check |\n|---|---:|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
         );
         for workload in Workload::ALL {
             for &clients in &self.settings.clients {
@@ -345,7 +345,7 @@ impl Report {
                     };
                     let _ = writeln!(
                         md,
-                        "| {} | {clients} | {s} | {} | {} | {:.2} | {:.2} | {:.1} | {:.3} | {}–{} | {} | {} | {:.2}/{:.2} | {check} |",
+                        "| {} | {clients} | {s} | {} | {} | {:.2} | {:.2} | {:.1} | {:.3} | {}–{} | {} | {} | {} | {:.2}/{:.2} | {check} |",
                         workload.name(),
                         rate(c.throughput),
                         workload.latency_of(),
@@ -357,6 +357,7 @@ impl Report {
                         c.per_client_max,
                         c.conflicts,
                         c.errors,
+                        cpu_text(c.cpu),
                         c.disk_fsync_ms,
                         c.disk_fsync_after_ms,
                     );
@@ -366,7 +367,7 @@ impl Report {
         for f in &self.cell_failures {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | — | | | | | | | | | | **did not run**: {} |",
+                "| {} | {} | {} | — | | | | | | | | | | | **did not run**: {} |",
                 f.workload.name(),
                 f.clients,
                 f.system,
@@ -500,7 +501,7 @@ impl Report {
             self.ratio_of(system, over, workload, clients)
                 .map_or("—".into(), |r| format!("{r:.2}×"))
         };
-        for clients in rows {
+        for &clients in &rows {
             let _ = writeln!(
                 md,
                 "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
@@ -513,6 +514,34 @@ impl Report {
                 share("baton", FLOOR_SDK, clients),
             );
         }
+        let _ = writeln!(
+            md,
+            "\nCPU per acquire + release, µs, server/client (user + system from `/proc`; the two share this machine's cores, so throughput is bounded by their sum):\n\n| clients | {FLOOR_RAW} | {FLOOR_SDK} | baton | redis-always |\n|---:|---:|---:|---:|---:|"
+        );
+        let cpu = |system: &str, clients| {
+            cpu_text(self.cell(system, workload, clients).and_then(|c| c.cpu))
+        };
+        for &clients in &rows {
+            let _ = writeln!(
+                md,
+                "| {clients} | {} | {} | {} | {} |",
+                cpu(FLOOR_RAW, clients),
+                cpu(FLOOR_SDK, clients),
+                cpu("baton", clients),
+                cpu("redis-always", clients),
+            );
+        }
+    }
+}
+
+/// CPU per operation as `server/client` µs; `—` where not measured.
+fn cpu_text(cpu: Option<crate::workload::CpuPerOp>) -> String {
+    match cpu {
+        None => "—".into(),
+        Some(c) => match c.server_us {
+            Some(server) => format!("{server:.0}/{:.0}", c.client_us),
+            None => format!("—/{:.0}", c.client_us),
+        },
     }
 }
 

@@ -167,6 +167,16 @@ pub struct CellResult {
     pub quiet_wait_s: f64,
     /// Throughput of every round; the cell shown is the median round.
     pub round_throughputs: Vec<f64>,
+    /// CPU time per completed operation (user + system, µs): the server's
+    /// process (when its pid was given) and the load generator's own.
+    /// On a machine the two share, throughput is what these add up to.
+    pub cpu: Option<CpuPerOp>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuPerOp {
+    pub server_us: Option<f64>,
+    pub client_us: f64,
 }
 
 #[derive(Default)]
@@ -380,6 +390,7 @@ pub async fn run_cell(
         disk_fsync_after_ms: 0.0,
         quiet_wait_s: 0.0,
         round_throughputs: Vec::new(),
+        cpu: None,
     })
 }
 
