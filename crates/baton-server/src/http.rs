@@ -34,22 +34,33 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Default and largest page for list-style reads.
 const DEFAULT_PAGE: usize = 100;
 
+/// What every handler shares. One `Arc` so that axum's per-request clone
+/// of the state is one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppShared>);
+
+pub struct AppShared {
     sequencer: Arc<Sequencer>,
-    config: Arc<ServeConfig>,
+    config: ServeConfig,
     metrics: PrometheusHandle,
-    watchers: Arc<AtomicUsize>,
+    watchers: AtomicUsize,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
 }
 
 impl AppState {
     pub fn new(sequencer: Arc<Sequencer>, config: ServeConfig, metrics: PrometheusHandle) -> Self {
-        AppState {
+        AppState(Arc::new(AppShared {
             sequencer,
-            config: Arc::new(config),
+            config,
             metrics,
-            watchers: Arc::new(AtomicUsize::new(0)),
-        }
+            watchers: AtomicUsize::new(0),
+        }))
     }
 }
 
@@ -1369,11 +1380,11 @@ struct WatchQuery {
 }
 
 /// Decrements the live-watcher count when a stream ends.
-struct WatcherSlot(Arc<AtomicUsize>);
+struct WatcherSlot(AppState);
 
 impl Drop for WatcherSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -1423,7 +1434,7 @@ async fn watch(
         )
         .with_retry_after(1000)));
     }
-    let slot = WatcherSlot(state.watchers.clone());
+    let slot = WatcherSlot(state.clone());
     let subscribed =
         state
             .sequencer
