@@ -38,7 +38,8 @@ pub struct ServeArgs {
     /// Longest lock wait one request may ask for, e.g. 5m
     #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
     max_wait: Option<u64>,
-    /// Take a snapshot after this many commands
+    /// Take a snapshot after this many commands, once the log since the
+    /// last snapshot is at least that snapshot's size
     #[arg(long, value_name = "N")]
     snapshot_every_commands: Option<u64>,
     /// ... or after this many seconds with at least one new command

@@ -392,6 +392,14 @@ async fn status(State(state): State<AppState>) -> Response {
         value["version"] = json!(env!("CARGO_PKG_VERSION"));
         value["events_from_revision"] = json!(state.sequencer.shared().events.complete_from());
         value["data_dir"] = json!(state.config.data_dir.display().to_string());
+        value["snapshot"] = json!(
+            *state
+                .sequencer
+                .shared()
+                .snapshot
+                .lock()
+                .expect("snapshot status lock")
+        );
         value["writable"] = json!(
             state
                 .sequencer

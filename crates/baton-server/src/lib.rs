@@ -30,9 +30,13 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Where the embedded log lives.
     pub data_dir: PathBuf,
-    /// Take a snapshot (and truncate the log before it) after this many commands.
+    /// Take a snapshot (and truncate the log before it) after this many
+    /// commands, once the log written since the last snapshot is at least
+    /// as large as that snapshot (so a large state is not rewritten to save
+    /// the replay of a small log).
     pub snapshot_every_commands: u64,
-    /// ... or after this many seconds with at least one new command.
+    /// ... or after this many seconds with at least one new command, under
+    /// the same size rule.
     pub snapshot_every_secs: u64,
     /// Most commands made durable in one batch (one fsync).
     pub max_batch: usize,

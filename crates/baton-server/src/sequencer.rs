@@ -36,6 +36,40 @@ const SNAPSHOT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Entries read per chunk when replaying the log at startup.
 const REPLAY_CHUNK: usize = 8192;
 
+/// The log written since the last snapshot, in commands and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SinceSnapshot {
+    commands: u64,
+    log_bytes: u64,
+}
+
+impl SinceSnapshot {
+    fn add(&mut self, commands: u64, log_bytes: u64) {
+        self.commands += commands;
+        self.log_bytes += log_bytes;
+    }
+
+    /// What is left once a snapshot that covered `covered` is saved.
+    fn minus(self, covered: SinceSnapshot) -> SinceSnapshot {
+        SinceSnapshot {
+            commands: self.commands.saturating_sub(covered.commands),
+            log_bytes: self.log_bytes.saturating_sub(covered.log_bytes),
+        }
+    }
+
+    /// Whether the log has earned a snapshot, the count or the clock aside.
+    /// A snapshot costs its whole size to encode and write, so it waits
+    /// until the log it replaces is at least as large (what Redis's
+    /// `auto-aof-rewrite-percentage 100` does): with a large state and a
+    /// small write rate, snapshots every N commands would rewrite the state
+    /// over and over to save the replay of a little log. This keeps the
+    /// cost per byte written bounded, and a restart replays at most about
+    /// one snapshot's worth of log.
+    fn outweighs(self, last_snapshot_bytes: u64) -> bool {
+        self.commands > 0 && self.log_bytes >= last_snapshot_bytes
+    }
+}
+
 /// A log entry: the command and the time the sequencer stamped on it.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +107,24 @@ pub struct Shared {
     pub events: EventLog,
     /// Why writes are refused, after a storage failure.
     pub failed: Mutex<Option<String>>,
+    /// Where snapshots stand, as the writer last published it.
+    pub snapshot: Mutex<SnapshotStatus>,
+}
+
+/// Snapshots as `/v1/status` shows them (Redis's `INFO persistence`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SnapshotStatus {
+    /// The revision of the last snapshot saved or restored (0: none yet).
+    pub revision: u64,
+    /// That snapshot's size.
+    pub bytes: u64,
+    /// Whether one is being written now.
+    pub in_progress: bool,
+    /// Commands in the log since that snapshot.
+    pub commands_since: u64,
+    /// Bytes of log since that snapshot; the next waits until this is at
+    /// least `bytes`.
+    pub log_bytes_since: u64,
 }
 
 pub struct Sequencer {
@@ -99,7 +151,10 @@ struct Writer {
     max_batch: usize,
     snapshot_every_commands: u64,
     snapshot_every: Duration,
-    since_snapshot: u64,
+    since_snapshot: SinceSnapshot,
+    /// The revision and size of the last snapshot saved or restored (0: none yet).
+    last_snapshot_seq: u64,
+    last_snapshot_bytes: u64,
     last_snapshot: Instant,
     /// Saves snapshots off this thread, where the log can.
     snapshot_store: Option<Arc<dyn SnapshotStore>>,
@@ -110,8 +165,8 @@ struct Writer {
 /// A snapshot being taken off the writer thread, from a copy of the state.
 struct SnapshotJob {
     seq: u64,
-    /// Commands counted towards the next snapshot when this one started.
-    covered: u64,
+    /// The log counted towards the next snapshot when this one started.
+    covered: SinceSnapshot,
     started: Instant,
     /// The snapshot's size, or why it failed.
     thread: JoinHandle<Result<usize, String>>,
@@ -127,16 +182,17 @@ impl Sequencer {
     /// Recover state from `log` (snapshot + replay) and start the writer.
     pub fn start(log: Box<dyn Log>, config: &ServeConfig) -> Result<Self, anyhow::Error> {
         let started = Instant::now();
-        let (mut machine, snapshot_seq) = match log.load_snapshot()? {
+        let (mut machine, snapshot_seq, snapshot_bytes) = match log.load_snapshot()? {
             Some(snapshot) => (
                 StateMachine::restore(&snapshot.data, config.limits.clone())?,
                 snapshot.seq,
+                snapshot.data.len() as u64,
             ),
-            None => (StateMachine::new(config.limits.clone()), 0),
+            None => (StateMachine::new(config.limits.clone()), 0, 0),
         };
         let events = EventLog::new(config.event_buffer, config.watcher_lag, snapshot_seq + 1);
         let mut next = snapshot_seq + 1;
-        let mut replayed = 0u64;
+        let mut replayed = SinceSnapshot::default();
         loop {
             let entries = log.read_from(next, REPLAY_CHUNK)?;
             let Some(last) = entries.last() else { break };
@@ -150,17 +206,18 @@ impl Sequencer {
                 })?;
                 let out = machine.apply(entry.seq, record.time, &record.command);
                 events.push(out.events);
-                replayed += 1;
+                replayed.add(1, entry.data.len() as u64);
             }
         }
+        let replayed_commands = replayed.commands;
         tracing::info!(
             snapshot_seq,
-            replayed,
+            replayed = replayed_commands,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state recovered"
         );
         eprintln!(
-            "baton: recovered revision {} (snapshot at {snapshot_seq}, {replayed} commands replayed) in {} ms",
+            "baton: recovered revision {} (snapshot at {snapshot_seq}, {replayed_commands} commands replayed) in {} ms",
             machine.revision(),
             started.elapsed().as_millis()
         );
@@ -168,6 +225,7 @@ impl Sequencer {
             machine: RwLock::new(machine),
             events,
             failed: Mutex::new(None),
+            snapshot: Mutex::new(SnapshotStatus::default()),
         });
         let (requests, receiver) = std::sync::mpsc::sync_channel(config.max_queued_commands.max(1));
         let snapshot_store = log.snapshot_store();
@@ -182,8 +240,11 @@ impl Sequencer {
             snapshot_every_commands: config.snapshot_every_commands.max(1),
             snapshot_every: Duration::from_secs(config.snapshot_every_secs.max(1)),
             since_snapshot: replayed,
+            last_snapshot_seq: snapshot_seq,
+            last_snapshot_bytes: snapshot_bytes,
             last_snapshot: Instant::now(),
         };
+        writer.publish_snapshot_status();
         let thread = std::thread::Builder::new()
             .name("baton-writer".into())
             .spawn(move || writer.run())?;
@@ -330,12 +391,24 @@ impl Writer {
                 return;
             }
             self.finish_snapshot(false);
-            if self.since_snapshot >= self.snapshot_every_commands
-                || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= self.snapshot_every)
+            if self.since_snapshot.outweighs(self.last_snapshot_bytes)
+                && (self.since_snapshot.commands >= self.snapshot_every_commands
+                    || self.last_snapshot.elapsed() >= self.snapshot_every)
             {
                 self.start_snapshot();
             }
+            self.publish_snapshot_status();
         }
+    }
+
+    fn publish_snapshot_status(&self) {
+        *self.shared.snapshot.lock().expect("snapshot status lock") = SnapshotStatus {
+            revision: self.last_snapshot_seq,
+            bytes: self.last_snapshot_bytes,
+            in_progress: self.snapshot_in_flight.is_some(),
+            commands_since: self.since_snapshot.commands,
+            log_bytes_since: self.since_snapshot.log_bytes,
+        };
     }
 
     /// Whether every command in `batch` is a lock request that will queue.
@@ -364,7 +437,8 @@ impl Writer {
         if self.snapshot_in_flight.is_some() {
             // Collect it soon after it finishes, so the log is truncated.
             budget = budget.min(SNAPSHOT_POLL_INTERVAL);
-        } else if self.since_snapshot > 0 {
+        } else if self.since_snapshot.outweighs(self.last_snapshot_bytes) {
+            // Until then only a write can make a snapshot due.
             budget = budget.min(
                 self.snapshot_every
                     .saturating_sub(self.last_snapshot.elapsed()),
@@ -434,7 +508,10 @@ impl Writer {
             }
         };
         debug_assert_eq!(range.clone().count(), batch.len());
-        self.since_snapshot += batch.len() as u64;
+        self.since_snapshot.add(
+            batch.len() as u64,
+            entries.iter().map(|e| e.len() as u64).sum(),
+        );
         let mut outputs = Vec::with_capacity(batch.len());
         {
             let mut machine = self.shared.machine.write().expect("state lock");
@@ -577,7 +654,8 @@ impl Writer {
     }
 
     fn snapshot_unwanted(&self) -> bool {
-        self.shared.failed.lock().expect("failed lock").is_some() || self.since_snapshot == 0
+        self.shared.failed.lock().expect("failed lock").is_some()
+            || self.since_snapshot.commands == 0
     }
 
     /// Serializes and saves a snapshot on this thread (at shutdown, and for
@@ -604,14 +682,16 @@ impl Writer {
     fn snapshot_done(
         &mut self,
         seq: u64,
-        covered: u64,
+        covered: SinceSnapshot,
         started: Instant,
         saved: Result<usize, String>,
     ) {
         self.last_snapshot = Instant::now();
         match saved {
             Ok(size) => {
-                self.since_snapshot = self.since_snapshot.saturating_sub(covered);
+                self.since_snapshot = self.since_snapshot.minus(covered);
+                self.last_snapshot_seq = seq;
+                self.last_snapshot_bytes = size as u64;
                 metrics::histogram!(m::SNAPSHOT_SECONDS).record(started.elapsed().as_secs_f64());
                 tracing::info!(
                     seq,
@@ -624,5 +704,31 @@ impl Writer {
                 tracing::error!(%error, "snapshot failed; the log keeps growing until one succeeds");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_earned_by_as_much_log_as_the_last_one_and_at_least_one_command() {
+        let since = |commands, log_bytes| SinceSnapshot {
+            commands,
+            log_bytes,
+        };
+        // No snapshot yet: any command earns the first.
+        assert!(since(1, 10).outweighs(0));
+        assert!(!since(0, 0).outweighs(0));
+        // After a 1 MB snapshot: a million small commands do not, 1 MB of log does.
+        assert!(!since(1_000_000, 999_999).outweighs(1_000_000));
+        assert!(since(3, 1_000_000).outweighs(1_000_000));
+
+        // What a saved snapshot covered leaves what came after it.
+        let mut now = since(0, 0);
+        now.add(10, 500);
+        now.add(5, 100);
+        assert_eq!(now.minus(since(10, 500)), since(5, 100));
+        assert_eq!(since(1, 1).minus(since(2, 2)), since(0, 0));
     }
 }

@@ -219,3 +219,79 @@ fn a_snapshot_with_a_field_this_binary_does_not_know_stops_recovery() {
     assert!(message.contains("kv.app/x.from_the_future"), "{message}");
     assert!(message.contains("newer Baton"), "{message}");
 }
+
+/// `/v1/status`'s snapshot section, polled until `done` holds (at most 10 s).
+async fn wait_for_snapshot(
+    api: &Api,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = api.get("/v1/status").await.ok()["snapshot"].clone();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no such snapshot within 10 s: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_waits_until_the_log_since_the_last_one_is_as_large_as_it() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let config = baton_server::ServeConfig {
+        snapshot_every_commands: 10,
+        snapshot_every_secs: 3600,
+        ..config(dir)
+    };
+    let server = TestServer::start_in(dir, config).await;
+    let api = server.client("agent");
+    let big = "x".repeat(4096);
+    // Ten large values: with no snapshot yet, the first is due at once.
+    for i in 0..10 {
+        api.put(&format!("big/{i}"), json!({ "value": big }))
+            .await
+            .ok();
+    }
+    let first = wait_for_snapshot(&api, |s| s["revision"].as_u64() >= Some(10)).await;
+    let first_bytes = first["bytes"].as_u64().unwrap();
+    assert!(
+        first_bytes >= 40_000,
+        "the snapshot holds the values: {first}"
+    );
+
+    // Six times snapshot_every_commands, but far less log than the snapshot:
+    // rewriting the state now would cost more than replaying this log.
+    for i in 0..60 {
+        api.put("s/small", json!({ "value": i })).await.ok();
+    }
+    // The writer has decided on every earlier batch before it answers this.
+    api.put("s/small", json!({ "value": "last" })).await.ok();
+    let status = api.get("/v1/status").await.ok()["snapshot"].clone();
+    assert_eq!(status["revision"], first["revision"], "{status}");
+    assert_eq!(status["in_progress"], false, "{status}");
+    assert!(status["commands_since"].as_u64().unwrap() >= 60, "{status}");
+    let since = status["log_bytes_since"].as_u64().unwrap();
+    assert!(since > 0 && since < first_bytes, "{status}");
+
+    // Once the log since outweighs the snapshot, the next one is taken.
+    let mut written = since;
+    let mut i = 0;
+    while written < first_bytes {
+        api.put(&format!("big/{}", i % 10), json!({ "value": big }))
+            .await
+            .ok();
+        written += big.len() as u64;
+        i += 1;
+    }
+    let next = wait_for_snapshot(&api, |s| {
+        s["revision"].as_u64() > first["revision"].as_u64()
+    })
+    .await;
+    assert!(next["bytes"].as_u64().unwrap() >= first_bytes, "{next}");
+    server.stop().await;
+}
