@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Commands queued for the writer at most; beyond, requests get UNAVAILABLE
     #[arg(long, value_name = "N")]
     max_queued_commands: Option<usize>,
+    /// How long the writer polls for the next command before it sleeps
+    /// (faster commits, up to this much CPU per idle gap; 0: never polls)
+    #[arg(long, value_name = "MICROSECONDS")]
+    writer_spin_us: Option<u64>,
     /// Largest request body, in bytes
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
@@ -136,6 +140,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, Error> {
     set(&mut config.snapshot_every_secs, &args.snapshot_every_secs);
     set(&mut config.max_batch, &args.max_batch);
     set(&mut config.max_queued_commands, &args.max_queued_commands);
+    set(&mut config.writer_spin_us, &args.writer_spin_us);
     set(&mut config.max_body_bytes, &args.max_body_bytes);
     set(&mut config.event_buffer, &args.event_buffer);
     set(&mut config.watcher_lag, &args.watcher_lag);
@@ -183,6 +188,8 @@ mod tests {
         let config = config_of(&["--config", file, "--max-wait", "2s"]);
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.max_wait_ms, 2000);
+        assert_eq!(config.writer_spin_us, ServeConfig::default().writer_spin_us);
+        assert_eq!(config_of(&["--writer-spin-us", "0"]).writer_spin_us, 0);
     }
 
     fn config_of(args: &[&str]) -> ServeConfig {

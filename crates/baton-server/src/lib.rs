@@ -42,6 +42,13 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// Commands queued for the writer at most; beyond, requests get UNAVAILABLE.
     pub max_queued_commands: usize,
+    /// How long the writer keeps polling for the next command before it
+    /// sleeps, in µs. A sleeping writer is woken by the kernel, and on a
+    /// request's path that wake-up costs more than the commit's own work
+    /// (lock handoffs ran ~25% faster with 100 µs than with 0 here). The
+    /// price is up to this much CPU per idle gap; 0 turns polling off, for
+    /// machines where every core is needed elsewhere.
+    pub writer_spin_us: u64,
     /// Longest lock wait one HTTP request may ask for, in ms.
     pub max_wait_ms: u64,
     /// Largest request body, in bytes.
@@ -68,6 +75,7 @@ impl Default for ServeConfig {
             snapshot_every_secs: 300,
             max_batch: 4096,
             max_queued_commands: 65_536,
+            writer_spin_us: 100,
             max_wait_ms: 5 * 60 * 1000,
             max_body_bytes: 2 * 1024 * 1024,
             event_buffer: 100_000,

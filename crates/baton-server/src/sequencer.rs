@@ -14,7 +14,7 @@ use baton_core::{Command, Error, ErrorCode, Op, Reply, StateMachine};
 use baton_log::{Log, Snapshot, SnapshotStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -89,6 +89,30 @@ pub fn encode_record(time: u64, command: &Command) -> Vec<u8> {
     .expect("commands serialize")
 }
 
+/// The next request within `timeout`: polled for up to `spin` first, then
+/// slept for (see [`crate::ServeConfig::writer_spin_us`]).
+fn spin_then_recv<T>(
+    requests: &Receiver<T>,
+    timeout: Duration,
+    spin: Duration,
+) -> Result<T, RecvTimeoutError> {
+    if !spin.is_zero() {
+        let until = Instant::now() + spin.min(timeout);
+        loop {
+            match requests.try_recv() {
+                Ok(request) => return Ok(request),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {}
+            }
+            if Instant::now() >= until {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    requests.recv_timeout(timeout)
+}
+
 /// A command in a batch, with its caller (none for ticks and cancels).
 type Batched = (Command, Option<(oneshot::Sender<Reply>, Instant)>);
 
@@ -149,6 +173,8 @@ struct Writer {
     requests: Receiver<Request>,
     pending: HashMap<u64, PendingWait>,
     max_batch: usize,
+    /// How long to poll for a request before sleeping.
+    spin: Duration,
     snapshot_every_commands: u64,
     snapshot_every: Duration,
     since_snapshot: SinceSnapshot,
@@ -237,6 +263,7 @@ impl Sequencer {
             requests: receiver,
             pending: HashMap::new(),
             max_batch: config.max_batch.max(1),
+            spin: Duration::from_micros(config.writer_spin_us),
             snapshot_every_commands: config.snapshot_every_commands.max(1),
             snapshot_every: Duration::from_secs(config.snapshot_every_secs.max(1)),
             since_snapshot: replayed,
@@ -329,7 +356,7 @@ impl Writer {
     fn run(&mut self) {
         loop {
             let timeout = self.sleep_budget();
-            let first = match self.requests.recv_timeout(timeout) {
+            let first = match spin_then_recv(&self.requests, timeout, self.spin) {
                 Ok(request) => Some(request),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -358,7 +385,8 @@ impl Writer {
                 // two share one fdatasync instead of the queueing request
                 // delaying the release by a whole commit.
                 if self.only_queueing(&batch)
-                    && let Ok(request) = self.requests.recv_timeout(QUEUEING_BATCH_HOLD)
+                    && let Ok(request) =
+                        spin_then_recv(&self.requests, QUEUEING_BATCH_HOLD, self.spin)
                 {
                     push(request, &mut batch);
                     while batch.len() < self.max_batch {
@@ -710,6 +738,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc::sync_channel;
 
     #[test]
     fn a_snapshot_is_earned_by_as_much_log_as_the_last_one_and_at_least_one_command() {
@@ -730,5 +759,41 @@ mod tests {
         now.add(5, 100);
         assert_eq!(now.minus(since(10, 500)), since(5, 100));
         assert_eq!(since(1, 1).minus(since(2, 2)), since(0, 0));
+    }
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_request_is_taken_whether_it_comes_while_polling_or_while_asleep() {
+        for spin in [Duration::ZERO, Duration::from_micros(100), LONG] {
+            let (send, requests) = sync_channel(1);
+            let sender = std::thread::spawn(move || {
+                send.send(7u32).unwrap();
+                send
+            });
+            assert_eq!(
+                spin_then_recv(&requests, LONG, spin),
+                Ok(7),
+                "spin {spin:?}"
+            );
+            drop(sender.join().unwrap());
+            // The sender is gone: said at once, however long the poll.
+            let started = Instant::now();
+            assert_eq!(
+                spin_then_recv(&requests, LONG, spin),
+                Err(RecvTimeoutError::Disconnected)
+            );
+            assert!(started.elapsed() < LONG, "spin {spin:?}");
+        }
+    }
+
+    #[test]
+    fn the_poll_never_outlasts_the_timeout() {
+        let (_send, requests) = sync_channel::<u32>(1);
+        let started = Instant::now();
+        let waited = spin_then_recv(&requests, Duration::from_millis(20), LONG);
+        assert_eq!(waited, Err(RecvTimeoutError::Timeout));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(started.elapsed() < LONG);
     }
 }
