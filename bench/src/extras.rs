@@ -22,6 +22,11 @@ use crate::workload::value_text;
 const LOAD_TXN_OPS: usize = 100;
 /// Concurrent loaders for keys and sessions.
 const LOADERS: usize = 16;
+/// Watchers opening their stream at once. A thousand connects in the same
+/// millisecond overflow a loopback accept queue now and then, and a dropped
+/// SYN is retried after 1 s, then 3 s: past the client's connect timeout.
+/// Agents do not all arrive in one instant either.
+const SUBSCRIBING_AT_ONCE: usize = 100;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Handoff {
@@ -224,13 +229,16 @@ pub async fn watch(
     let client = Client::new(url, "watcher")?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(watchers);
     let collect_for = interval * events as u32 + Duration::from_secs(15);
+    let subscribing = std::sync::Arc::new(tokio::sync::Semaphore::new(SUBSCRIBING_AT_ONCE));
     let mut tasks = Vec::with_capacity(watchers);
     for _ in 0..watchers {
         let client = client.clone();
         let prefix = prefix.clone();
         let ready = ready_tx.clone();
+        let subscribing = subscribing.clone();
         tasks.push(tokio::spawn(async move {
             let mut received = Vec::with_capacity(events);
+            let permit = subscribing.acquire_owned().await;
             let stream = match client.watch(&prefix, None).await {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -238,6 +246,7 @@ pub async fn watch(
                     return received;
                 }
             };
+            drop(permit);
             let _ = ready.send(Ok(())).await;
             let mut stream = std::pin::pin!(stream);
             let give_up = tokio::time::Instant::now() + collect_for;
