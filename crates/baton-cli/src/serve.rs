@@ -51,8 +51,9 @@ pub struct ServeArgs {
     /// Commands queued for the writer at most; beyond, requests get UNAVAILABLE
     #[arg(long, value_name = "N")]
     max_queued_commands: Option<usize>,
-    /// How long the writer polls for the next command before it sleeps
-    /// (faster commits, up to this much CPU per idle gap; 0: never polls)
+    /// How long the writer polls for the next command before it sleeps,
+    /// while it has one caller at a time (faster commits for a lone
+    /// client, up to this much CPU per idle gap; 0: never polls)
     #[arg(long, value_name = "MICROSECONDS")]
     writer_spin_us: Option<u64>,
     /// Largest request body, in bytes
