@@ -57,6 +57,7 @@ impl Answers {
             expires_at: Some(1_795_435_230_000),
             wait_deadline: None,
             permits: None,
+            values: None,
         };
         let released = ReleaseResult {
             lock_id: 1_000_001,

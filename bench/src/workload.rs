@@ -237,14 +237,15 @@ async fn one_op(
         }
         Workload::LockContended => {
             let key = shared.keys.shared_lock();
-            let held = conn.acquire(&key, max_wait).await?;
+            let counter = shared.keys.counter();
+            let held = conn.acquire_guarding(&key, &counter, max_wait).await?;
             let acquired = started.elapsed();
             if shared.inside.swap(true, Ordering::SeqCst) {
                 shared.violations.fetch_add(1, Ordering::SeqCst);
             }
             // Baton's write releases the lock and grants the next holder in
             // one commit, so the section is left before that write is sent.
-            conn.increment_and_release(&key, held, &shared.keys.counter(), || {
+            conn.increment_and_release(&key, held, &counter, || {
                 shared.inside.store(false, Ordering::SeqCst)
             })
             .await?;

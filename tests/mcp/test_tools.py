@@ -156,6 +156,11 @@ async def test_every_tool(baton, transport):
         released = await ok(client, "lock_release", lock_id=lock["lock_id"])
         assert released["released"] is True
         assert (await ok(client, "lock_release", lock_id=lock["lock_id"]))["released"] is False
+        # A grant with read carries the locked keys that exist, as of the grant.
+        reading = await ok(client, "lock_acquire", keys=[f"{n}/res", f"{n}/absent"], read=True)
+        assert [(v["key"], v["value"]) for v in reading["values"]] == [(f"{n}/res", "v")]
+        assert "values" not in lock
+        await ok(client, "lock_release", lock_id=reading["lock_id"])
         assert (await ok(client, "held"))["locks"] == []
         assert (await ok(client, "lock_status", key=f"{n}/res"))["held"] is False
         shared = await ok(client, "lock_acquire", keys=[f"{n}/r"], mode="shared")

@@ -16,6 +16,22 @@ pub struct Conn {
     client: Client,
 }
 
+/// A held lock of a lock-contended section.
+pub struct Section<'a> {
+    pub lock_id: u64,
+    pub fence_token: u64,
+    /// The key the lock holds.
+    pub fence_key: &'a str,
+    /// The counter as the grant carried it, if it did.
+    pub read: Option<i64>,
+}
+
+fn counter_value(counter: &str, value: &Value) -> OpResult<i64> {
+    value
+        .as_i64()
+        .ok_or_else(|| OpError(format!("{counter} holds {value}, not a number")))
+}
+
 impl Conn {
     pub fn connect(url: &str, client: usize) -> anyhow::Result<Conn> {
         let client = Client::new(url, format!("bench-{client}"))?;
@@ -33,6 +49,34 @@ impl Conn {
         Ok(Held::Baton {
             lock_id: lock.lock_id,
             fence_token,
+            counter: None,
+        })
+    }
+
+    /// Locks `counter`'s own key; the grant carries the counter (`read`).
+    pub async fn acquire_reading(&mut self, counter: &str, max_wait: Duration) -> OpResult<Held> {
+        let request = LockRequest::exclusive([counter])
+            .ttl_ms(LEASE.as_millis() as u64)
+            .wait_ms(max_wait.as_millis().max(1) as u64)
+            .read();
+        let lock = self.client.lock_acquire(&request).await?;
+        let fence_token = lock
+            .fence_token
+            .ok_or_else(|| OpError(format!("lock {} granted without a fence", lock.lock_id)))?;
+        let value = match lock.values.as_deref() {
+            Some([entry]) => counter_value(counter, &entry.value)?,
+            Some([]) => 0,
+            other => {
+                return Err(OpError(format!(
+                    "lock {} on {counter} was granted with values {other:?}",
+                    lock.lock_id
+                )));
+            }
+        };
+        Ok(Held::Baton {
+            lock_id: lock.lock_id,
+            fence_token,
+            counter: Some(value),
         })
     }
 
@@ -54,13 +98,20 @@ impl Conn {
     /// under the lock: before that last command, which ends the lock itself.
     pub async fn increment_and_release(
         &mut self,
-        lock_key: &str,
-        lock_id: u64,
-        fence_token: u64,
+        section: Section<'_>,
         counter: &str,
         leave: impl FnOnce(),
     ) -> OpResult<i64> {
-        let read = self.read_counter(counter).await;
+        let Section {
+            lock_id,
+            fence_token,
+            fence_key,
+            read,
+        } = section;
+        let read = match read {
+            Some(value) => Ok((value, 0)),
+            None => self.read_counter(counter).await,
+        };
         leave();
         let next = match read {
             Ok((value, _)) => value + 1,
@@ -73,7 +124,7 @@ impl Conn {
         let written = self
             .client
             .clone()
-            .with_fence(lock_key, fence_token)
+            .with_fence(fence_key, fence_token)
             .with_release(lock_id)
             .kv_put(counter, &Value::from(next), PutOptions::default())
             .await;
@@ -141,15 +192,7 @@ impl Conn {
     /// The counter and its version; absent is (0, 0).
     pub async fn read_counter(&mut self, counter: &str) -> OpResult<(i64, u64)> {
         match self.client.kv_get(counter).await {
-            Ok(got) => {
-                let value = got.entry.value.as_i64().ok_or_else(|| {
-                    OpError(format!(
-                        "{counter} holds {} , not a number",
-                        got.entry.value
-                    ))
-                })?;
-                Ok((value, got.entry.version))
-            }
+            Ok(got) => Ok((counter_value(counter, &got.entry.value)?, got.entry.version)),
             Err(error) if error.code == ErrorCode::NotFound => Ok((0, 0)),
             Err(error) => Err(error.into()),
         }

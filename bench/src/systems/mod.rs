@@ -106,6 +106,9 @@ pub enum Held {
     Baton {
         lock_id: u64,
         fence_token: u64,
+        /// lock-contended: Baton locks the counter's own key with `read`,
+        /// and this is the counter as its grant carried it.
+        counter: Option<i64>,
     },
     /// The owner key etcd's Lock API made (base64): it exists while held.
     Etcd {
@@ -162,6 +165,21 @@ impl Conn {
         }
     }
 
+    /// The lock of a critical section on `counter`. Baton locks the
+    /// counter's own key and its grant carries the counter (`read`), so the
+    /// section needs no read of its own; the others lock `lock_key`.
+    pub async fn acquire_guarding(
+        &mut self,
+        lock_key: &str,
+        counter: &str,
+        max_wait: Duration,
+    ) -> OpResult<Held> {
+        match self {
+            Conn::Baton(c) => c.acquire_reading(counter, max_wait).await,
+            _ => self.acquire(lock_key, max_wait).await,
+        }
+    }
+
     pub async fn release(&mut self, key: &str, held: Held) -> OpResult<()> {
         match (self, held) {
             (Conn::Baton(c), Held::Baton { lock_id, .. }) => c.release(lock_id).await,
@@ -190,12 +208,18 @@ impl Conn {
             Held::Baton {
                 lock_id,
                 fence_token,
+                counter: read,
             },
         ) = (&mut *self, &held)
         {
-            return c
-                .increment_and_release(lock_key, *lock_id, *fence_token, counter, leave)
-                .await;
+            let section = baton::Section {
+                lock_id: *lock_id,
+                fence_token: *fence_token,
+                // A grant that carried the counter locked the counter's key.
+                fence_key: if read.is_some() { counter } else { lock_key },
+                read: *read,
+            };
+            return c.increment_and_release(section, counter, leave).await;
         }
         let written = match (&mut *self, &held) {
             (Conn::Etcd(c), Held::Etcd { owner_key }) => {

@@ -149,6 +149,41 @@ fn locks_acquire_status_list_renew_release_and_fence() {
 }
 
 #[test]
+fn a_lock_acquired_with_read_answers_with_its_keys_values() {
+    let server = Server::start();
+    server.run(&["kv", "put", "cfg/a", r#"{"x":1}"#]).ok();
+    let lock = server.run(&[
+        "lock", "acquire", "cfg/a", "cfg/none", "--ttl", "5s", "--read",
+    ]);
+    let values = lock.ok()["values"].as_array().unwrap().clone();
+    assert_eq!(values.len(), 1, "only the key that exists: {values:?}");
+    assert_eq!(values[0]["key"], "cfg/a");
+    assert_eq!(values[0]["value"], json!({"x": 1}));
+    let id = u64_of(&lock.ok()["lock_id"]).to_string();
+    server.run(&["lock", "release", &id]).ok();
+
+    // Text mode lists every locked key; without --read there are no values.
+    let text = Reply::of(server.baton().env("BATON_OUTPUT", "text").args([
+        "lock", "acquire", "cfg/a", "cfg/none", "--ttl", "5s", "--read",
+    ]));
+    assert_eq!(text.code, 0, "{text:?}");
+    assert!(
+        text.stdout.contains("\ncfg/a = {\"x\":1} (version "),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout.contains("\ncfg/none: does not exist"),
+        "{}",
+        text.stdout
+    );
+    let text_id = text.stdout.split_whitespace().nth(1).unwrap().to_string();
+    server.run(&["lock", "release", &text_id]).ok();
+    let plain = server.run(&["lock", "acquire", "cfg/a", "--ttl", "5s"]);
+    assert!(plain.ok().get("values").is_none());
+}
+
+#[test]
 fn a_write_with_release_hands_the_lock_to_the_next_waiter() {
     let server = Server::start();
     let lock = server.run(&["lock", "acquire", "rel/k", "--ttl", "30s"]);

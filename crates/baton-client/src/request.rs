@@ -37,6 +37,9 @@ pub struct LockRequest {
     /// After this lock expires (not released), keep its keys unavailable this long.
     #[serde(skip_serializing_if = "is_zero")]
     pub lock_delay_ms: u64,
+    /// Answer the grant with the locked keys' values (`LockInfo::values`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -51,6 +54,7 @@ impl LockRequest {
             ttl_ms: None,
             wait_ms: 0,
             lock_delay_ms: 0,
+            read: false,
         }
     }
 
@@ -73,6 +77,14 @@ impl LockRequest {
 
     pub fn lock_delay_ms(mut self, lock_delay_ms: u64) -> LockRequest {
         self.lock_delay_ms = lock_delay_ms;
+        self
+    }
+
+    /// The grant comes with the locked keys' values as they were at the
+    /// grant (in `LockInfo::values`; a key not listed does not exist): the
+    /// read that usually follows an acquire, without its round trip.
+    pub fn read(mut self) -> LockRequest {
+        self.read = true;
         self
     }
 }

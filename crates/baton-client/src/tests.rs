@@ -57,6 +57,10 @@ fn bodies_follow_the_contract() {
         lock.body,
         Some(json!({"keys": ["a/1", "a/2"], "mode": "shared", "ttl_ms": 30000, "wait_ms": 5000}))
     );
+    assert_eq!(
+        ApiRequest::lock_acquire(&LockRequest::exclusive(["a/1"]).read()).body,
+        Some(json!({"keys": ["a/1"], "mode": "exclusive", "read": true}))
+    );
     let put = ApiRequest::kv_put(
         "config/app",
         &json!({"region": "us"}),

@@ -22,6 +22,7 @@ fn acquire(keys: Vec<String>, wait_ms: u64) -> Op {
         ttl_ms: Some(30_000),
         wait_ms,
         lock_delay_ms: 0,
+        read: false,
     })
 }
 

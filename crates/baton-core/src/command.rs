@@ -123,6 +123,10 @@ pub struct LockAcquire {
     /// After this lock expires (not released), keep its keys unavailable this long.
     #[serde(default)]
     pub lock_delay_ms: u64,
+    /// Answer the grant with the locked keys' values as of the grant, so a
+    /// holder can change what it locked without a separate read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read: bool,
 }
 
 /// A change to a JSON value.

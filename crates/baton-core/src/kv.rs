@@ -652,7 +652,7 @@ impl StateMachine {
 
     // ---- reads --------------------------------------------------------------
 
-    fn entry(key: &str, stored: &Stored) -> Entry {
+    pub(crate) fn entry(key: &str, stored: &Stored) -> Entry {
         Entry {
             key: key.to_string(),
             value: stored.value.clone(),

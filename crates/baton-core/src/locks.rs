@@ -119,6 +119,7 @@ impl StateMachine {
             phase: LockPhase::Waiting { deadline: u64::MAX },
             expires_at: None,
             permits: None,
+            read: request.read,
         };
         if let Some(key) = lock
             .keys
@@ -206,6 +207,7 @@ impl StateMachine {
             phase: LockPhase::Waiting { deadline: u64::MAX },
             expires_at: None,
             permits: Some(permits),
+            read: false,
         };
         self.acquire_lock(seq, command, lock, wait_ms, Some(capacity), fx)
     }
@@ -548,7 +550,19 @@ impl StateMachine {
         event.lock_id = Some(id);
         event.fence_token = Some(seq);
         fx.events.push(event);
-        self.lock_info(id, &self.locks[&id])
+        let lock = &self.locks[&id];
+        let mut info = self.lock_info(id, lock);
+        if lock.read {
+            // Read in the grant's own step: whatever the command that freed
+            // the keys wrote (a write that carries `release`) is in it.
+            info.values = Some(
+                lock.keys
+                    .iter()
+                    .filter_map(|key| self.kv.get(key).map(|stored| Self::entry(key, stored)))
+                    .collect(),
+            );
+        }
+        info
     }
 
     /// After keys were freed: grant every waiter that has become grantable,

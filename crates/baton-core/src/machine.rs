@@ -76,6 +76,9 @@ pub(crate) struct Lock {
     /// For a semaphore: the permits it takes (its mode is shared).
     #[serde(default)]
     pub permits: Option<u64>,
+    /// Its grant answers with the locked keys' values.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read: bool,
 }
 
 impl Lock {
@@ -997,6 +1000,7 @@ impl StateMachine {
             },
             wait_deadline,
             permits: lock.permits,
+            values: None,
         }
     }
 

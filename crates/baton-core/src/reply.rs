@@ -59,7 +59,7 @@ pub enum LockStatus {
 
 /// A live lock: held (with its fencing token) or queued.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LockInfo {
     pub lock_id: u64,
     pub status: LockStatus,
@@ -82,6 +82,11 @@ pub struct LockInfo {
     /// For a semaphore: the permits this lock takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permits: Option<u64>,
+    /// Only in the grant of a lock acquired with `read`: its keys that
+    /// exist, as they were at the grant, in key order. A locked key missing
+    /// here did not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<Entry>>,
 }
 
 /// Why a lock or session is no longer live.
@@ -247,7 +252,7 @@ pub struct HistoryResult {
 
 /// Holders and waiters of one lock key.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyLocksInfo {
     pub key: String,
     pub holders: Vec<LockInfo>,
@@ -268,7 +273,7 @@ pub struct KeyLocksInfo {
 
 /// The state of a lock id, live or ended.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum LockState {
     Live(LockInfo),

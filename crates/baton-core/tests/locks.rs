@@ -246,6 +246,7 @@ fn lock_delay_holds_an_expired_lock_keys() {
         ttl_ms: Some(1000),
         wait_ms: 0,
         lock_delay_ms: 500,
+        read: false,
     };
     h.op("a", Op::LockAcquire(acquire)).unwrap();
     let waiter = lock(&h.acquire("b", None, &["d/k"], X, Some(1000), 5_000)).lock_id;
@@ -270,6 +271,7 @@ fn lock_delay_holds_an_expired_lock_keys() {
         ttl_ms: Some(1000),
         wait_ms: 0,
         lock_delay_ms: 500,
+        read: false,
     };
     let id = lock(&h.op("a", Op::LockAcquire(acquire))).lock_id;
     h.op("a", Op::LockRelease { lock_id: id }).unwrap();
@@ -517,6 +519,7 @@ fn only_the_owner_may_keep_a_session_alive() {
             ttl_ms: None,
             wait_ms: 0,
             lock_delay_ms: 0,
+            read: false,
         }),
     );
     cmd.session = Some(s);
@@ -607,6 +610,71 @@ fn held_by(h: &Harness, key: &str) -> Vec<u64> {
         .iter()
         .map(|l| l.lock_id)
         .collect()
+}
+
+#[test]
+fn a_grant_with_read_carries_the_locked_keys_as_of_the_grant() {
+    let mut h = Harness::new();
+    h.put("a", "inv/count", json!(41)).unwrap();
+    let put_seq = h.seq;
+    let acquire = |agent: &str, wait_ms: u64, read: bool| {
+        Command::new(
+            agent,
+            Op::LockAcquire(LockAcquire {
+                keys: vec!["inv/count".into(), "inv/absent".into()],
+                mode: X,
+                ttl_ms: Some(10_000),
+                wait_ms,
+                lock_delay_ms: 0,
+                read,
+            }),
+        )
+    };
+
+    // Granted at once: the value as it is now; a key that does not exist
+    // is not listed.
+    let holder = lock(&h.run(acquire("a", 0, true))).clone();
+    let values = holder.values.clone().expect("a grant with read has values");
+    assert_eq!(values.len(), 1);
+    assert_eq!(values[0].key, "inv/count");
+    assert_eq!(*values[0].value, json!(41));
+    assert_eq!(values[0].version, put_seq);
+
+    // Queued: nothing to read yet. Its grant reads in the step of the write
+    // that released the keys, so it sees that write.
+    let queued = lock(&h.run(acquire("b", 5_000, true))).clone();
+    assert_eq!(queued.status, LockStatus::Waiting);
+    assert_eq!(queued.values, None);
+    h.run(
+        Command::new("a", put_op("inv/count", json!(42), None))
+            .with_fence("inv/count", holder.fence_token.unwrap())
+            .with_release(holder.lock_id),
+    )
+    .unwrap();
+    let release_seq = h.seq;
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups.len(), 1);
+    let granted = lock(&wakeups[0].reply);
+    assert_eq!(granted.lock_id, queued.lock_id);
+    let values = granted.values.as_ref().expect("the grant has values");
+    assert_eq!(values.len(), 1);
+    assert_eq!(*values[0].value, json!(42));
+    assert_eq!(values[0].version, release_seq);
+
+    // Only the grant carries them: the lock as looked up later does not.
+    match h.machine.lock_state(queued.lock_id) {
+        Ok(LockState::Live(info)) => assert_eq!(info.values, None),
+        other => panic!("expected a live lock, got {other:?}"),
+    }
+    // Without read, a grant has none.
+    h.run(Command::new(
+        "b",
+        Op::LockRelease {
+            lock_id: queued.lock_id,
+        },
+    ))
+    .unwrap();
+    assert_eq!(lock(&h.run(acquire("c", 0, false))).values, None);
 }
 
 #[test]
@@ -908,6 +976,7 @@ fn likely_queues_names_blocking_requests_on_taken_keys_only() {
                 ttl_ms: Some(10_000),
                 wait_ms,
                 lock_delay_ms: 0,
+                read: false,
             }),
         )
     };

@@ -265,6 +265,7 @@ impl Run {
                         ttl_ms: Some(ttl),
                         wait_ms: wait,
                         lock_delay_ms: 0,
+                        read: false,
                     }),
                 );
                 command.session = session;

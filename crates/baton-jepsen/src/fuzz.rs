@@ -169,6 +169,7 @@ fn seeded_machine() -> StateMachine {
                 ttl_ms: Some(1_000),
                 wait_ms: 0,
                 lock_delay_ms: 0,
+                read: false,
             }),
         ),
         Command::new(
@@ -179,6 +180,7 @@ fn seeded_machine() -> StateMachine {
                 ttl_ms: Some(1_000),
                 wait_ms: 500,
                 lock_delay_ms: 0,
+                read: false,
             }),
         ),
         Command::new(
@@ -402,6 +404,7 @@ fn op(bytes: &mut Bytes, seen: &Seen) -> Op {
                 ttl_ms: (!bytes.chance()).then(|| bytes.pick(&TTLS)),
                 wait_ms: bytes.pick(&WAITS),
                 lock_delay_ms: bytes.pick(&[0, 0, 30]),
+                read: bytes.chance(),
             })
         }
         8 => Op::LockRelease {

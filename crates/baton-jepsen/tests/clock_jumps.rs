@@ -18,6 +18,7 @@ fn acquire(agent: &str, key: &str, ttl_ms: u64, wait_ms: u64) -> Command {
             ttl_ms: Some(ttl_ms),
             wait_ms,
             lock_delay_ms: 0,
+            read: false,
         }),
     )
 }

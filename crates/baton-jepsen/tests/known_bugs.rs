@@ -79,6 +79,7 @@ fn a_retried_lock_wait_that_timed_out_replays_the_waiters_answer() {
             ttl_ms: Some(60_000),
             wait_ms,
             lock_delay_ms: 0,
+            read: false,
         })
     };
     let mut machine = StateMachine::new(Limits::default());

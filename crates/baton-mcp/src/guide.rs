@@ -8,7 +8,7 @@ Baton coordinates you with other agents that read and write the same things. \
 Every race becomes an explicit answer (a lock grant with a fence token, a version conflict with the current value) instead of a silent lost update.
 
 Safe patterns:
-1. Lock, read, write with fence, release: lock_acquire(keys) -> lock_id, fence_token; state_get; state_put/state_patch with fence {key, token} and, on the last write, release: lock_id (or lock_release). \
+1. Lock, read, write with fence, release: lock_acquire(keys, read=true) -> lock_id, fence_token, values (no state_get needed); state_put/state_patch with fence {key, token} and, on the last write, release: lock_id (or lock_release). \
 Take every key one piece of work needs in ONE lock_acquire call.
 2. Optimistic update, no lock: state_get -> value, version; compute; state_put(if_version=version) or state_patch(if_version=version). \
 On CONCURRENT_MODIFICATION re-read and redo the change (never resend the same write).
@@ -34,9 +34,10 @@ You share state with other agents. Two agents that read a value, change it and w
 
 ## Pattern 1: lock -> read -> write with fence -> release
 Use it when the work takes several steps, touches several keys, or has side effects outside Baton.
-1. `lock_acquire {\"keys\": [\"inventory/sku-1\"], \"wait_ms\": 10000}` -> `lock_id`, `fence_token`.
+1. `lock_acquire {\"keys\": [\"inventory/sku-1\"], \"wait_ms\": 10000, \"read\": true}` -> `lock_id`, `fence_token`, `values`.
    Take every key the work needs in this ONE call (all or nothing: no deadlock).
-2. `state_get {\"key\": \"inventory/sku-1\"}` -> `value`, `version`.
+2. With `read`, `values` holds each locked key that exists (`value`, `version`) as of the grant; agents that lock
+   before they write cannot change it until you release. Without `read`: `state_get {\"key\": \"inventory/sku-1\"}` -> `value`, `version`.
 3. `state_put {\"key\": \"inventory/sku-1\", \"value\": {...}, \"fence\": {\"key\": \"inventory/sku-1\", \"token\": <fence_token>}}`.
    The fence makes a late write from a lock you lost fail with FENCED instead of overwriting someone else's work.
 4. Release as soon as you are done: add `\"release\": <lock_id>` to your last write (state_put, state_patch, state_delete, state_txn, counter_add)

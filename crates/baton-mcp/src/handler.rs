@@ -210,6 +210,9 @@ impl BatonMcp {
         if let Some(ttl_ms) = args.ttl_ms {
             request = request.ttl_ms(ttl_ms);
         }
+        if args.read {
+            request = request.read();
+        }
         let info = client.lock_acquire(&request).await?;
         let summary = if info.status == LockStatus::Held {
             let lock = HeldLock::from_info(&info, args.ttl_ms.is_some());
@@ -224,8 +227,15 @@ impl BatonMcp {
             } else {
                 " It lasts as long as this connection."
             };
+            let values = match &info.values {
+                Some(values) => format!(
+                    " values holds the {} locked key(s) that exist, as of the grant; the others do not exist.",
+                    values.len()
+                ),
+                None => String::new(),
+            };
             let text = format!(
-                "Holding {}.{fence}{renew} When done, pass \"release\": {id} with your last write, or call lock_release {{\"lock_id\": {id}}}.",
+                "Holding {}.{fence}{renew}{values} When done, pass \"release\": {id} with your last write, or call lock_release {{\"lock_id\": {id}}}.",
                 describe_lock(&lock),
                 id = info.lock_id
             );

@@ -90,6 +90,11 @@ pub struct LockAcquireArgs {
     #[serde(default)]
     #[schemars(range(max = 60_000))]
     pub lock_delay_ms: u64,
+    /// true: the grant also returns the locked keys' current values (in
+    /// `values`; a key not listed does not exist), so you need no state_get
+    /// before changing what you locked.
+    #[serde(default)]
+    pub read: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
                     ttl_ms: Some(600_000),
                     wait_ms: 0,
                     lock_delay_ms: 0,
+                    read: false,
                 }),
             ),
             _ => Command::new(

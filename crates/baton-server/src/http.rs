@@ -537,6 +537,9 @@ struct AcquireBody {
     wait_ms: u64,
     #[serde(default)]
     lock_delay_ms: u64,
+    /// Answer the grant with the locked keys' values (`values`).
+    #[serde(default)]
+    read: bool,
     #[serde(default)]
     fence: Option<Fence>,
 }
@@ -554,6 +557,7 @@ async fn lock_acquire(
         ttl_ms: body.ttl_ms,
         wait_ms: body.wait_ms,
         lock_delay_ms: body.lock_delay_ms,
+        read: body.read,
     };
     state
         .run_waiting(&headers, Op::LockAcquire(acquire), body.fence)

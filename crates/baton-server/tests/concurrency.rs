@@ -137,6 +137,70 @@ async fn lock_protected_read_modify_write_with_fence_is_exact() {
     server.stop().await;
 }
 
+/// The read rides on the grant: each client locks the counter's own key with
+/// `read`, writes the value its grant carried + 1 (fenced, releasing), and
+/// never calls GET. Every grant must carry the previous holder's write, so
+/// the values read are exactly 0, 1, ..., sections - 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_that_reads_its_key_carries_the_last_holders_write() {
+    let server = TestServer::start().await;
+    server
+        .client("setup")
+        .put("c/read-grant", json!({"value": 0}))
+        .await
+        .ok();
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let api = server.client(&format!("read-grant-{client}"));
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..INCREMENTS {
+                let lock = api
+                    .post(
+                        "/v1/locks",
+                        json!({"keys": ["c/read-grant"], "ttl_ms": 30_000, "wait_ms": 60_000, "read": true}),
+                    )
+                    .await;
+                let lock = lock.ok().clone();
+                let values = lock["values"].as_array().expect("a grant with read has values");
+                assert_eq!(values.len(), 1);
+                assert_eq!(values[0]["key"], "c/read-grant");
+                let value = values[0]["value"].as_i64().unwrap();
+                let written = api
+                    .put(
+                        "c/read-grant",
+                        json!({
+                            "value": value + 1,
+                            "fence": {"key": "c/read-grant", "token": lock["fence_token"]},
+                            "release": lock["lock_id"],
+                        }),
+                    )
+                    .await;
+                assert_eq!(written.ok()["released_lock_id"], lock["lock_id"]);
+                seen.push(value);
+            }
+            seen
+        }));
+    }
+    let mut seen = Vec::new();
+    for task in tasks {
+        seen.extend(
+            tokio::time::timeout(Duration::from_secs(120), task)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    seen.sort();
+    let expected: Vec<i64> = (0..(CLIENTS * INCREMENTS) as i64).collect();
+    assert_eq!(seen, expected, "each grant carried the last holder's write");
+    let api = server.client("check");
+    assert_eq!(
+        api.get("/v1/kv/c/read-grant").await.ok()["value"],
+        expected.len() as i64
+    );
+}
+
 /// The same critical sections, but the +1 write carries `release`: acquire,
 /// read, write-and-release. No client ever calls DELETE /v1/locks/{id}.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

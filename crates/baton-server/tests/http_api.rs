@@ -412,6 +412,24 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
         )
         .await;
     assert_eq!(bad_wait.code(), "INVALID_ARGUMENT");
+    let bad_read = api
+        .post(
+            "/v1/locks",
+            json!({"keys": ["a/b"], "ttl_ms": 1000, "read": "yes"}),
+        )
+        .await;
+    assert_eq!(
+        (bad_read.status, bad_read.code()),
+        (400, "INVALID_ARGUMENT")
+    );
+    assert!(
+        bad_read.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read"),
+        "{:?}",
+        bad_read.body
+    );
     assert_eq!(api.get("/v1/nowhere").await.status, 404);
     assert_eq!(
         api.get("/v1/locks/notanumber").await.code(),

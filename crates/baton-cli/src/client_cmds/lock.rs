@@ -38,6 +38,7 @@ Examples:
   baton lock acquire inventory/sku-1 --ttl 30s --wait 5s
   baton lock acquire reports/q3 --shared --ttl 1m
   baton lock acquire jobs/nightly --ttl 30s --lock-delay 1s
+  baton lock acquire config/app --ttl 30s --read   # and its value, no kv get
 
 Exit codes: 6 still held when the wait ended (with the holders and retry
 after), 8 deadlock (the cycle is in the details).")]
@@ -57,6 +58,9 @@ after), 8 deadlock (the cycle is in the details).")]
         /// If this lock expires (is not released), keep its keys blocked this long
         #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
         lock_delay: Option<u64>,
+        /// Also answer with the locked keys' values as of the grant (`values`)
+        #[arg(long)]
+        read: bool,
         #[command(flatten)]
         write: WriteArgs,
     },
@@ -113,6 +117,7 @@ pub fn run(args: LockArgs, mode: OutputMode) -> i32 {
             ttl,
             wait,
             lock_delay,
+            read,
             write,
         } => {
             let mut request = if shared {
@@ -124,6 +129,9 @@ pub fn run(args: LockArgs, mode: OutputMode) -> i32 {
             .lock_delay_ms(lock_delay.unwrap_or(0));
             if let Some(ttl) = ttl {
                 request = request.ttl_ms(ttl);
+            }
+            if read {
+                request = request.read();
             }
             let spinner = (wait > 0).then(|| {
                 Spinner::start(
@@ -145,6 +153,16 @@ pub fn run(args: LockArgs, mode: OutputMode) -> i32 {
                             "\nwrite with --fence {key}:{token}; release with the last write (--release {id}) or `baton lock release {id}`",
                             id = lock.lock_id
                         ));
+                    }
+                    if let Some(values) = &lock.values {
+                        for key in &lock.keys {
+                            out.push_str(&match values.iter().find(|e| &e.key == key) {
+                                Some(entry) => {
+                                    format!("\n{key} = {} (version {})", entry.value, entry.version)
+                                }
+                                None => format!("\n{key}: does not exist"),
+                            });
+                        }
                     }
                     out
                 })

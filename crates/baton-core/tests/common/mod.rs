@@ -77,6 +77,7 @@ impl Harness {
                 ttl_ms,
                 wait_ms,
                 lock_delay_ms: 0,
+                read: false,
             }),
         );
         command.session = session;
