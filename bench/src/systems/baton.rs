@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton_client::{Client, LockRequest, PutOptions};
+use baton_client::{Client, LockInfo, LockRequest, PutOptions};
 use baton_core::ErrorCode;
 use serde_json::Value;
 
@@ -38,14 +38,28 @@ impl Conn {
         Ok(Conn { client })
     }
 
-    pub async fn acquire(&mut self, key: &str, max_wait: Duration) -> OpResult<Held> {
-        let request = LockRequest::exclusive([key])
+    /// `key`, exclusively, waiting at most `max_wait`: the grant and its fence.
+    async fn lock(
+        &mut self,
+        key: &str,
+        max_wait: Duration,
+        read: bool,
+    ) -> OpResult<(LockInfo, u64)> {
+        let mut request = LockRequest::exclusive([key])
             .ttl_ms(LEASE.as_millis() as u64)
             .wait_ms(max_wait.as_millis().max(1) as u64);
+        if read {
+            request = request.read();
+        }
         let lock = self.client.lock_acquire(&request).await?;
         let fence_token = lock
             .fence_token
             .ok_or_else(|| OpError(format!("lock {} granted without a fence", lock.lock_id)))?;
+        Ok((lock, fence_token))
+    }
+
+    pub async fn acquire(&mut self, key: &str, max_wait: Duration) -> OpResult<Held> {
+        let (lock, fence_token) = self.lock(key, max_wait, false).await?;
         Ok(Held::Baton {
             lock_id: lock.lock_id,
             fence_token,
@@ -55,14 +69,7 @@ impl Conn {
 
     /// Locks `counter`'s own key; the grant carries the counter (`read`).
     pub async fn acquire_reading(&mut self, counter: &str, max_wait: Duration) -> OpResult<Held> {
-        let request = LockRequest::exclusive([counter])
-            .ttl_ms(LEASE.as_millis() as u64)
-            .wait_ms(max_wait.as_millis().max(1) as u64)
-            .read();
-        let lock = self.client.lock_acquire(&request).await?;
-        let fence_token = lock
-            .fence_token
-            .ok_or_else(|| OpError(format!("lock {} granted without a fence", lock.lock_id)))?;
+        let (lock, fence_token) = self.lock(counter, max_wait, true).await?;
         let value = match lock.values.as_deref() {
             Some([entry]) => counter_value(counter, &entry.value)?,
             Some([]) => 0,

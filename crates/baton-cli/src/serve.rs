@@ -53,7 +53,8 @@ pub struct ServeArgs {
     max_queued_commands: Option<usize>,
     /// How long the writer polls for the next command before it sleeps,
     /// while it has one caller at a time (faster commits for a lone
-    /// client, up to this much CPU per idle gap; 0: never polls)
+    /// client, up to this much CPU per idle gap; 0: never polls; at most
+    /// 10000)
     #[arg(long, value_name = "MICROSECONDS")]
     writer_spin_us: Option<u64>,
     /// Largest request body, in bytes
@@ -146,6 +147,16 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, Error> {
     set(&mut config.event_buffer, &args.event_buffer);
     set(&mut config.watcher_lag, &args.watcher_lag);
     set(&mut config.max_watchers, &args.max_watchers);
+    if config.writer_spin_us > baton_server::MAX_WRITER_SPIN_US {
+        return Err(Error::invalid(
+            "writer_spin_us",
+            format!(
+                "{} µs; at most {} µs (MAX_WRITER_SPIN_US): the writer holds a whole core while it polls. 0 turns polling off",
+                config.writer_spin_us,
+                baton_server::MAX_WRITER_SPIN_US
+            ),
+        ));
+    }
     Ok(config)
 }
 
@@ -191,6 +202,22 @@ mod tests {
         assert_eq!(config.max_wait_ms, 2000);
         assert_eq!(config.writer_spin_us, ServeConfig::default().writer_spin_us);
         assert_eq!(config_of(&["--writer-spin-us", "0"]).writer_spin_us, 0);
+        let most = baton_server::MAX_WRITER_SPIN_US.to_string();
+        assert_eq!(
+            config_of(&["--writer-spin-us", &most]).writer_spin_us,
+            baton_server::MAX_WRITER_SPIN_US
+        );
+        // Beyond the limit, from a flag or from the file: refused, naming it.
+        let too_long = (baton_server::MAX_WRITER_SPIN_US + 1).to_string();
+        let error = super::config(&parse(&["--writer-spin-us", &too_long])).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert!(
+            error.message.contains("writer_spin_us"),
+            "{}",
+            error.message
+        );
+        std::fs::write(file, format!("writer_spin_us = {too_long}\n")).unwrap();
+        assert!(super::config(&parse(&["--config", file])).is_err());
     }
 
     fn config_of(args: &[&str]) -> ServeConfig {

@@ -21,6 +21,11 @@ pub use baton_core::Limits;
 pub use events::EventLog;
 pub use sequencer::{Sequencer, Shared, encode_record};
 
+/// The longest `writer_spin_us` accepted: a polling writer holds a whole
+/// core, and past a few milliseconds a kernel wake-up costs nothing by
+/// comparison.
+pub const MAX_WRITER_SPIN_US: u64 = 10_000;
+
 /// Everything `baton serve` can be told. Flags override the TOML file, the
 /// file overrides these defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +54,7 @@ pub struct ServeConfig {
     /// (one client's acquire + release ran 8-33% faster with 100 µs than
     /// with 0 here). Under load the writer does not poll: it would take CPU
     /// from the callers. The price is up to this much CPU per idle gap;
-    /// 0 turns polling off.
+    /// 0 turns polling off; at most [`MAX_WRITER_SPIN_US`].
     pub writer_spin_us: u64,
     /// Longest lock wait one HTTP request may ask for, in ms.
     pub max_wait_ms: u64,

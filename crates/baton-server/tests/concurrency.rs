@@ -42,12 +42,10 @@ async fn compare_and_set_increments_are_never_lost() {
         }));
     }
     let mut conflicts = 0;
-    for task in tasks {
-        conflicts += tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    conflicts += join_all_within(tasks, Duration::from_secs(120))
+        .await
+        .into_iter()
+        .sum::<u64>();
     let api = server.client("check");
     assert_eq!(
         api.get("/v1/kv/c/cas").await.ok()["value"],
@@ -97,12 +95,7 @@ async fn lock_protected_read_modify_write_with_fence_is_exact() {
             }
         }));
     }
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    join_all_within(tasks, Duration::from_secs(120)).await;
     let api = server.client("check");
     assert_eq!(
         api.get("/v1/kv/c/locked").await.ok()["value"],
@@ -183,14 +176,12 @@ async fn a_grant_that_reads_its_key_carries_the_last_holders_write() {
         }));
     }
     let mut seen = Vec::new();
-    for task in tasks {
-        seen.extend(
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    seen.extend(
+        join_all_within(tasks, Duration::from_secs(120))
+            .await
+            .into_iter()
+            .flatten(),
+    );
     seen.sort();
     let expected: Vec<i64> = (0..(CLIENTS * INCREMENTS) as i64).collect();
     assert_eq!(seen, expected, "each grant carried the last holder's write");
@@ -248,14 +239,12 @@ async fn a_write_that_releases_its_lock_loses_no_increment() {
         }));
     }
     let mut sections = Vec::new();
-    for task in tasks {
-        sections.extend(
-            tokio::time::timeout(Duration::from_secs(120), task)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    sections.extend(
+        join_all_within(tasks, Duration::from_secs(120))
+            .await
+            .into_iter()
+            .flatten(),
+    );
     let api = server.client("check");
     assert_eq!(sections.len(), CLIENTS * INCREMENTS);
     assert_eq!(

@@ -52,12 +52,10 @@ async fn thirty_two_agents_reserving_never_exceed_the_capacity() {
         }));
     }
     let mut committed = 0;
-    for task in tasks {
-        committed += tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    committed += join_all_within(tasks, Duration::from_secs(120))
+        .await
+        .into_iter()
+        .sum::<u64>();
     let quota = admin.get("/v1/quotas/spend/run-1").await.ok().clone();
     assert_eq!(quota["used"], committed, "every commit counted once");
     assert!(
@@ -108,11 +106,7 @@ async fn thirty_two_agents_on_one_bucket_get_at_most_rate_times_time_plus_burst(
         }));
     }
     let (mut granted, mut refused) = (0, 0);
-    for task in tasks {
-        let (g, r) = tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .unwrap()
-            .unwrap();
+    for (g, r) in join_all_within(tasks, Duration::from_secs(60)).await {
         granted += g;
         refused += r;
     }
@@ -161,14 +155,7 @@ async fn thirty_two_agents_on_a_stale_token_trigger_exactly_one_refresh() {
         }));
     }
     let mut tokens = Vec::new();
-    for task in tasks {
-        tokens.push(
-            tokio::time::timeout(Duration::from_secs(60), task)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    tokens.extend(join_all_within(tasks, Duration::from_secs(60)).await);
     assert_eq!(
         refreshes.load(std::sync::atomic::Ordering::SeqCst),
         1,
@@ -226,14 +213,12 @@ async fn sixteen_workers_drain_a_queue_with_every_item_acked_exactly_once() {
         }));
     }
     let mut all = Vec::new();
-    for task in tasks {
-        all.extend(
-            tokio::time::timeout(Duration::from_secs(60), task)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    all.extend(
+        join_all_within(tasks, Duration::from_secs(60))
+            .await
+            .into_iter()
+            .flatten(),
+    );
     all.sort_unstable();
     assert_eq!(
         all,
@@ -270,12 +255,7 @@ async fn a_semaphore_never_admits_more_than_its_capacity() {
             }
         }));
     }
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(120), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    join_all_within(tasks, Duration::from_secs(120)).await;
     let most = most.load(Ordering::SeqCst);
     assert!(most <= 3, "{most} holders at once with 3 permits");
     assert!(
@@ -299,12 +279,7 @@ async fn waiting_takes_queue_fairly_instead_of_failing() {
             }
         }));
     }
-    for task in tasks {
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
+    join_all_within(tasks, Duration::from_secs(60)).await;
     // 16 tokens at 20/s with a burst of 1 cannot all be had in under 750 ms.
     assert!(
         started.elapsed() >= Duration::from_millis(740),

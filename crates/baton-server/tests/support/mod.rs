@@ -10,6 +10,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+/// What every client task returned, in spawn order; a task still running
+/// after `within` (all of them together) or one that panicked fails the test.
+pub async fn join_all_within<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    within: Duration,
+) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let joined = tokio::time::timeout_at(deadline, task)
+            .await
+            .unwrap_or_else(|_| panic!("client tasks still running after {within:?}"));
+        results.push(joined.expect("a client task panicked"));
+    }
+    results
+}
+
 pub struct TestServer {
     pub url: String,
     pub dir: PathBuf,
