@@ -118,4 +118,41 @@ fn main() {
         applied += 128;
     }
     report("contended handoff (64 waiters, one key)", applied, started);
+
+    // The writer is stalled while it copies the state for a background
+    // snapshot; encoding the copy happens on another thread.
+    for (keys, versions) in [(100_000u64, 1u64), (20_000, 16)] {
+        let mut machine = StateMachine::default();
+        let mut seq = 0;
+        for v in 0..versions {
+            for k in 0..keys {
+                seq += 1;
+                machine.apply(
+                    seq,
+                    1_000 + v,
+                    &Command::new(
+                        "agent",
+                        Op::Put {
+                            key: format!("bench/state-{k}"),
+                            value: value.clone(),
+                            if_version: None,
+                            if_absent: false,
+                            ttl_ms: None,
+                        },
+                    ),
+                );
+            }
+        }
+        let started = Instant::now();
+        let copy = machine.clone();
+        let copied = started.elapsed();
+        let started = Instant::now();
+        let bytes = copy.snapshot().len();
+        println!(
+            "state copy, {keys} keys x {versions} versions {:>9.1} µs  (encode {:.1} ms, {} MB)",
+            copied.as_secs_f64() * 1e6,
+            started.elapsed().as_secs_f64() * 1e3,
+            bytes >> 20
+        );
+    }
 }

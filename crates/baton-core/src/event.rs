@@ -108,9 +108,14 @@ impl Outcome {
 }
 
 impl Event {
-    /// Whether a watcher of `prefix` should see this event: an empty prefix
-    /// sees everything; otherwise any of its keys must start with the prefix.
+    /// Whether a watcher of `prefix` should see this event.
     pub fn matches_prefix(&self, prefix: &str) -> bool {
-        prefix.is_empty() || self.keys.iter().any(|k| k.starts_with(prefix))
+        keys_match_prefix(&self.keys, prefix)
     }
+}
+
+/// Whether a watcher of `prefix` should see an event with these keys: an
+/// empty prefix sees everything; otherwise any key must start with it.
+pub fn keys_match_prefix<K: AsRef<str>>(keys: &[K], prefix: &str) -> bool {
+    prefix.is_empty() || keys.iter().any(|k| k.as_ref().starts_with(prefix))
 }

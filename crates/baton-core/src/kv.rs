@@ -213,7 +213,9 @@ impl StateMachine {
                         (Some(previous.0), previous.1)
                     }
                     None => {
-                        let mut history = VecDeque::new();
+                        // Most keys are written once: room for one version,
+                        // not the four a first push would reserve.
+                        let mut history = VecDeque::with_capacity(1);
                         if history_depth > 0 {
                             history.push_back(entry);
                         }

@@ -26,7 +26,7 @@ pub use command::{
     Command, Compare, CompareOp, Fence, LockAcquire, LockMode, Op, Patch, SYSTEM_AGENT, Txn, TxnOp,
 };
 pub use error::{Envelope, Error, ErrorCode, envelope};
-pub use event::{Event, EventKind, Outcome};
+pub use event::{Event, EventKind, Outcome, keys_match_prefix};
 pub use limits::Limits;
 pub use machine::{Output, StateMachine, Wakeup};
 pub use reply::*;

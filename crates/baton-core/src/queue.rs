@@ -11,13 +11,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::command::Command;
 use crate::error::{Error, ErrorCode};
 use crate::event::EventKind;
-use crate::machine::{Deadline, Effects, StateMachine};
+use crate::machine::{Deadline, Effects, Map, Set, StateMachine};
 use crate::reply::{
     DeadLetter, EnqueueResult, QueueEmpty, QueueItem, QueueSettled, QueueStatus, Reply, Response,
 };
@@ -47,9 +47,11 @@ pub(crate) struct Item {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub(crate) struct Queue {
-    pub items: BTreeMap<u64, Item>,
+    /// Persistent like the state's own maps: a queue can hold many items, and
+    /// a write while a snapshot is encoding must not copy them all.
+    pub items: Map<u64, Item>,
     /// Ready item ids; the smallest (oldest) is claimed first.
-    pub ready: BTreeSet<u64>,
+    pub ready: Set<u64>,
     pub dead: VecDeque<DeadLetter>,
 }
 
@@ -153,7 +155,7 @@ impl StateMachine {
                 delayed: 0,
             }));
         };
-        let Some(id) = queue.ready.pop_first() else {
+        let Some(id) = queue.ready.remove_min() else {
             let (in_flight, delayed) = queue.counts();
             return Ok(Response::QueueEmpty(QueueEmpty {
                 queue: name.to_string(),

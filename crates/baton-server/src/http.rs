@@ -1321,6 +1321,13 @@ async fn semaphore_acquire(
 
 // ---- events and watch -----------------------------------------------------------
 
+/// A page of the audit trail: the events' JSON as kept, not re-encoded.
+#[derive(serde::Serialize)]
+struct EventsPage {
+    events: Vec<Arc<serde_json::value::RawValue>>,
+    next_revision: u64,
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -1376,8 +1383,10 @@ async fn events(
                     .collect();
             }
         }
-        let events: Vec<&baton_core::Event> = backlog.iter().map(|s| s.event.as_ref()).collect();
-        Ok(json!({ "events": events, "next_revision": next_revision }))
+        Ok(EventsPage {
+            events: backlog.into_iter().map(|s| s.json).collect(),
+            next_revision,
+        })
     });
     reply_json(reply)
 }
@@ -1409,7 +1418,7 @@ fn sse(stamped: &Stamped) -> SseEvent {
     SseEvent::default()
         .event("baton")
         .id(stamped.id())
-        .data(&*stamped.json)
+        .data(stamped.json.get())
 }
 
 #[utoipa::path(get, path = "/v1/watch", summary = "Server-Sent Events: every event under a prefix, resumable with Last-Event-ID", params(WatchQuery), responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::Event>), (status = "4XX", description = "error envelope", body = ErrorEnvelope), (status = "5XX", description = "error envelope", body = ErrorEnvelope)))]
@@ -1473,8 +1482,7 @@ async fn watch(
             loop {
                 match receiver.recv().await {
                     Ok(stamped) => {
-                        if stamped.position() <= last_sent || !stamped.event.matches_prefix(&prefix)
-                        {
+                        if stamped.position() <= last_sent || !stamped.matches_prefix(&prefix) {
                             continue;
                         }
                         let position = stamped.position();
