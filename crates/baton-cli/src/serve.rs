@@ -60,7 +60,7 @@ pub struct ServeArgs {
     /// Largest request body, in bytes
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
-    /// Events kept in memory for watch and events from a past revision
+    /// Events kept in memory for watch and events from a past revision (each costs about its JSON: ~0.6 KB for a put of 256 bytes)
     #[arg(long, value_name = "N")]
     event_buffer: Option<usize>,
     /// Events a watcher may fall behind before it is cut off

@@ -60,7 +60,8 @@ pub struct ServeConfig {
     pub max_wait_ms: u64,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// Events kept in memory for `watch` and `events` from a past revision.
+    /// Events kept in memory for `watch` and `events` from a past revision
+    /// (each costs about its JSON: ~0.6 KB for a put of 256 bytes).
     pub event_buffer: usize,
     /// Events a watcher may fall behind before it is cut off.
     pub watcher_lag: usize,
