@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// Events kept in memory for watch and events from a past revision (each costs about its JSON: ~0.6 KB for a put of 256 bytes)
     #[arg(long, value_name = "N")]
     event_buffer: Option<usize>,
+    /// ... and fewer when they cost more than this many bytes in all (the newest is always kept)
+    #[arg(long, value_name = "BYTES")]
+    event_buffer_bytes: Option<usize>,
     /// Events a watcher may fall behind before it is cut off
     #[arg(long, value_name = "N")]
     watcher_lag: Option<usize>,
@@ -145,6 +148,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, Error> {
     set(&mut config.writer_spin_us, &args.writer_spin_us);
     set(&mut config.max_body_bytes, &args.max_body_bytes);
     set(&mut config.event_buffer, &args.event_buffer);
+    set(&mut config.event_buffer_bytes, &args.event_buffer_bytes);
     set(&mut config.watcher_lag, &args.watcher_lag);
     set(&mut config.max_watchers, &args.max_watchers);
     if config.writer_spin_us > baton_server::MAX_WRITER_SPIN_US {
@@ -202,6 +206,14 @@ mod tests {
         assert_eq!(config.max_wait_ms, 2000);
         assert_eq!(config.writer_spin_us, ServeConfig::default().writer_spin_us);
         assert_eq!(config_of(&["--writer-spin-us", "0"]).writer_spin_us, 0);
+        assert_eq!(
+            config_of(&["--event-buffer-bytes", "1048576"]).event_buffer_bytes,
+            1_048_576
+        );
+        assert_eq!(
+            config_of(&[]).event_buffer_bytes,
+            ServeConfig::default().event_buffer_bytes
+        );
         let most = baton_server::MAX_WRITER_SPIN_US.to_string();
         assert_eq!(
             config_of(&["--writer-spin-us", &most]).writer_spin_us,

@@ -390,7 +390,9 @@ async fn status(State(state): State<AppState>) -> Response {
     reply_json(stats.map(|stats| {
         let mut value = serde_json::to_value(stats).expect("stats serialize");
         value["version"] = json!(env!("CARGO_PKG_VERSION"));
-        value["events_from_revision"] = json!(state.sequencer.shared().events.complete_from());
+        let kept = state.sequencer.shared().events.kept();
+        value["events_from_revision"] = json!(kept.from_revision);
+        value["events_kept"] = json!(kept);
         value["data_dir"] = json!(state.config.data_dir.display().to_string());
         value["snapshot"] = json!(
             *state
@@ -1324,7 +1326,7 @@ async fn semaphore_acquire(
 /// A page of the audit trail: the events' JSON as kept, not re-encoded.
 #[derive(serde::Serialize)]
 struct EventsPage {
-    events: Vec<Arc<serde_json::value::RawValue>>,
+    events: Vec<Stamped>,
     next_revision: u64,
 }
 
@@ -1384,7 +1386,7 @@ async fn events(
             }
         }
         Ok(EventsPage {
-            events: backlog.into_iter().map(|s| s.json).collect(),
+            events: backlog,
             next_revision,
         })
     });
@@ -1468,7 +1470,7 @@ async fn watch(
     };
     let last_sent = backlog
         .last()
-        .map(Stamped::position)
+        .map(|s| s.position())
         .or(resume)
         .unwrap_or((0, 0));
     let prefix = q.prefix;

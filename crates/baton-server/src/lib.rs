@@ -63,6 +63,10 @@ pub struct ServeConfig {
     /// Events kept in memory for `watch` and `events` from a past revision
     /// (each costs about its JSON: ~0.6 KB for a put of 256 bytes).
     pub event_buffer: usize,
+    /// ... and fewer when they cost more than this many bytes (the newest
+    /// is always kept): a put carries its value, up to 1 MB, so the count
+    /// alone would let 100,000 large puts hold 100 GB.
+    pub event_buffer_bytes: usize,
     /// Events a watcher may fall behind before it is cut off.
     pub watcher_lag: usize,
     /// Concurrent watch streams at most.
@@ -87,6 +91,7 @@ impl Default for ServeConfig {
             max_wait_ms: 5 * 60 * 1000,
             max_body_bytes: 2 * 1024 * 1024,
             event_buffer: 100_000,
+            event_buffer_bytes: 64 * 1024 * 1024,
             watcher_lag: 4096,
             max_watchers: 10_000,
             limits: Limits::default(),

@@ -262,7 +262,12 @@ impl Sequencer {
             ),
             None => (StateMachine::new(config.limits.clone()), 0, 0),
         };
-        let events = EventLog::new(config.event_buffer, config.watcher_lag, snapshot_seq + 1);
+        let events = EventLog::new(
+            config.event_buffer,
+            config.event_buffer_bytes,
+            config.watcher_lag,
+            snapshot_seq + 1,
+        );
         let mut next = snapshot_seq + 1;
         let mut replayed = SinceSnapshot::default();
         loop {

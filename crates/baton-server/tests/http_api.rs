@@ -718,6 +718,51 @@ async fn watch_streams_resumes_and_answers_compacted() {
     server.stop().await;
 }
 
+/// Large values: the ring keeps what fits in `event_buffer_bytes`, says so in
+/// `/v1/status`, answers COMPACTED for what it let go, and still hands every
+/// kept event back as written.
+#[tokio::test]
+async fn large_events_are_kept_within_the_byte_budget() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let config = baton_server::ServeConfig {
+        event_buffer_bytes: 64 * 1024,
+        ..config(tempdir.path())
+    };
+    let server = TestServer::start_in(tempdir.path(), config).await;
+    let api = server.client("writer");
+    let big = "x".repeat(16 * 1024);
+    let mut last_revision = 0;
+    for i in 0..20 {
+        let written = api
+            .put("docs/report", json!({"value": {"n": i, "text": big}}))
+            .await;
+        last_revision = written.ok()["version"].as_u64().unwrap();
+    }
+    let status = api.get("/v1/status").await;
+    let kept = status.ok()["events_kept"].clone();
+    assert!(kept["bytes"].as_u64().unwrap() <= 64 * 1024, "{kept}");
+    assert_eq!(
+        kept["events"], 3,
+        "three events of ~16 KB fit in 64 KB: {kept}"
+    );
+    let from = kept["from_revision"].as_u64().unwrap();
+    assert_eq!(status.ok()["events_from_revision"], from);
+
+    let gone = api
+        .get(&format!("/v1/events?from_revision={}", from - 1))
+        .await;
+    assert_eq!(gone.status, 410);
+    assert_eq!(gone.code(), "COMPACTED");
+    let page = api.get(&format!("/v1/events?from_revision={from}")).await;
+    let events = page.ok()["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 3);
+    let newest = events.last().unwrap();
+    assert_eq!(newest["revision"], last_revision);
+    assert_eq!(newest["value"]["n"], 19);
+    assert_eq!(newest["value"]["text"].as_str().unwrap().len(), big.len());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_watcher_that_falls_behind_is_cut_off_with_a_final_event() {
     let tempdir = tempfile::tempdir().unwrap();
