@@ -201,7 +201,7 @@ impl Effects {
 /// The state's collections are persistent (structurally shared) maps: a
 /// clone shares every node until one side writes to it, so the writer's copy
 /// for a background snapshot is O(1) whatever the state's size (a deep copy of
-/// 100,000 keys stalled every write for ~100 ms), and a write while a snapshot
+/// 100,000 keys stalled every write for ~130 ms), and a write while a snapshot
 /// is encoding copies only the nodes on its path, once.
 pub(crate) type Map<K, V> = imbl::OrdMap<K, V>;
 pub(crate) type Set<T> = imbl::OrdSet<T>;

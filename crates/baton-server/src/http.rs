@@ -1496,7 +1496,7 @@ async fn watch(
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                         let data = json!({
                             "code": "COMPACTED",
-                            "message": format!("this watcher fell {missed} events behind and was cut off; resume with Last-Event-ID or from_revision"),
+                            "message": format!("this watcher fell behind (by {missed} or more events, or past the events the server keeps) and was cut off; resume with Last-Event-ID or from_revision, or read current state if that answers COMPACTED"),
                             "last_event_id": format!("{}.{}", last_sent.0, last_sent.1),
                         });
                         let event = SseEvent::default().event("cut_off").data(data.to_string());
