@@ -214,6 +214,15 @@ mod tests {
             config_of(&[]).event_buffer_bytes,
             ServeConfig::default().event_buffer_bytes
         );
+        // Not a number of bytes, from a flag or from the file: refused before
+        // anything starts.
+        assert!(Wrapper::try_parse_from(["serve", "--event-buffer-bytes", "64MiB"]).is_err());
+        assert!(Wrapper::try_parse_from(["serve", "--event-buffer-bytes", "-1"]).is_err());
+        let bad_file = dir.path().join("bad.toml");
+        std::fs::write(&bad_file, "event_buffer_bytes = \"lots\"\n").unwrap();
+        let error = super::config(&parse(&["--config", bad_file.to_str().unwrap()])).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert!(error.message.contains("bad.toml"), "{}", error.message);
         let most = baton_server::MAX_WRITER_SPIN_US.to_string();
         assert_eq!(
             config_of(&["--writer-spin-us", &most]).writer_spin_us,

@@ -107,15 +107,29 @@ impl Outcome {
     }
 }
 
-impl Event {
-    /// Whether a watcher of `prefix` should see this event.
-    pub fn matches_prefix(&self, prefix: &str) -> bool {
-        keys_match_prefix(&self.keys, prefix)
-    }
-}
-
 /// Whether a watcher of `prefix` should see an event with these keys: an
 /// empty prefix sees everything; otherwise any key must start with it.
 pub fn keys_match_prefix<K: AsRef<str>>(keys: &[K], prefix: &str) -> bool {
     prefix.is_empty() || keys.iter().any(|k| k.as_ref().starts_with(prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keys_match_prefix;
+
+    #[test]
+    fn an_empty_prefix_sees_every_event_and_a_prefix_any_of_its_keys() {
+        let none: [&str; 0] = [];
+        assert!(
+            keys_match_prefix(&none, ""),
+            "keyless events reach a watcher of everything"
+        );
+        assert!(!keys_match_prefix(&none, "a/"));
+        assert!(keys_match_prefix(&["b/1", "a/2"], "a/"));
+        assert!(!keys_match_prefix(&["b/1", "ab/2"], "a/"));
+        assert!(
+            keys_match_prefix(&["ab/2"], "a"),
+            "a prefix, not a namespace"
+        );
+    }
 }
