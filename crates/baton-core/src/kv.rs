@@ -27,12 +27,22 @@ enum Plan {
     Write {
         key: String,
         value: Arc<Value>,
-        ttl_ms: Option<u64>,
+        ttl: Ttl,
         kind: EventKind,
     },
     Delete {
         key: String,
     },
+}
+
+/// What a write does to its key's expiry.
+enum Ttl {
+    /// Expire this many ms after the write, or never.
+    Set(Option<u64>),
+    /// Keep the expiry the key has when the write commits: a patch or a
+    /// counter add changes the value, not its lease (in a txn too, after
+    /// whatever earlier ops of the txn did to the key).
+    Keep,
 }
 
 impl StateMachine {
@@ -168,7 +178,7 @@ impl StateMachine {
         Ok(next)
     }
 
-    fn check_capacity(&self, creating: usize) -> Result<(), Error> {
+    pub(crate) fn check_capacity(&self, creating: usize) -> Result<(), Error> {
         if creating > 0 && self.kv.len() + creating > self.limits.max_keys {
             return Err(Error::new(
                 ErrorCode::QuotaExceeded,
@@ -187,11 +197,14 @@ impl StateMachine {
             Plan::Write {
                 key,
                 value,
-                ttl_ms,
+                ttl,
                 kind,
             } => {
                 let now = self.now;
-                let expires_at = ttl_ms.map(|ttl| now.saturating_add(ttl));
+                let expires_at = match ttl {
+                    Ttl::Set(ttl_ms) => ttl_ms.map(|ttl| now.saturating_add(ttl)),
+                    Ttl::Keep => self.kv.get(&key).and_then(|s| s.expires_at),
+                };
                 let history_depth = self.limits.history_depth;
                 let entry = HistoryEntry {
                     version: seq,
@@ -308,7 +321,7 @@ impl StateMachine {
         let plan = Plan::Write {
             key: key.to_string(),
             value: Arc::new(value.clone()),
-            ttl_ms,
+            ttl: Ttl::Set(ttl_ms),
             kind: EventKind::Put,
         };
         match self.commit(seq, command, plan, fx) {
@@ -332,16 +345,10 @@ impl StateMachine {
         let value = Self::apply_patch(key, &current, patch)?;
         validate::value("value", &value, &self.limits)?;
         self.check_capacity(usize::from(current.is_none()))?;
-        // A patch keeps the key's TTL: it changes the value, not its lease.
-        let ttl_ms = self
-            .kv
-            .get(key)
-            .and_then(|s| s.expires_at)
-            .map(|at| at.saturating_sub(self.now).max(1));
         let plan = Plan::Write {
             key: key.to_string(),
             value: Arc::new(value),
-            ttl_ms,
+            ttl: Ttl::Keep,
             kind: EventKind::Patched,
         };
         match self.commit(seq, command, plan, fx) {
@@ -389,15 +396,10 @@ impl StateMachine {
         let current = self.view(&BTreeMap::new(), key);
         let next = Self::add_within(key, Self::counter_value(key, &current)?, delta, min, max)?;
         self.check_capacity(usize::from(current.is_none()))?;
-        let ttl_ms = self
-            .kv
-            .get(key)
-            .and_then(|s| s.expires_at)
-            .map(|at| at.saturating_sub(self.now).max(1));
         let plan = Plan::Write {
             key: key.to_string(),
             value: Arc::new(Value::from(next)),
-            ttl_ms,
+            ttl: Ttl::Keep,
             kind: EventKind::CounterAdded,
         };
         match self.commit(seq, command, plan, fx) {
@@ -561,15 +563,15 @@ impl StateMachine {
                     }
                     let value = Arc::new(value);
                     overlay.insert(key.to_string(), Some((value.clone(), seq)));
-                    let (ttl_ms, kind) = match op {
-                        TxnOp::Put { ttl_ms, .. } => (*ttl_ms, EventKind::Put),
-                        TxnOp::Patch { .. } => (None, EventKind::Patched),
-                        _ => (None, EventKind::CounterAdded),
+                    let (ttl, kind) = match op {
+                        TxnOp::Put { ttl_ms, .. } => (Ttl::Set(*ttl_ms), EventKind::Put),
+                        TxnOp::Patch { .. } => (Ttl::Keep, EventKind::Patched),
+                        _ => (Ttl::Keep, EventKind::CounterAdded),
                     };
                     steps.push(Ok(Plan::Write {
                         key: key.to_string(),
                         value,
-                        ttl_ms,
+                        ttl,
                         kind,
                     }));
                 }

@@ -36,6 +36,9 @@ pub const MAX_SEMAPHORE_CAPACITY: u64 = 1_000_000;
 
 /// Default retry hint when nothing better is known (e.g. a holder with no lease end).
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
+/// How long keys granted and freed in the same step wait before their next
+/// grant: any delay moves that grant to a later command, and so a new token.
+const SAME_STEP_REGRANT_DELAY_MS: u64 = 1;
 
 impl StateMachine {
     /// Whether `command` is a blocking lock request on a key that is held or
@@ -620,8 +623,20 @@ impl StateMachine {
                 self.locks_held -= 1;
                 self.set_deadline(lock.expires_at, None, Deadline::LockLease(id));
                 let taken_away = matches!(reason, EndReason::Expired | EndReason::Killed);
-                let delay_until = (taken_away && lock.lock_delay_ms > 0)
-                    .then(|| self.now.saturating_add(lock.lock_delay_ms));
+                // A token is the log sequence number of its grant. Keys granted
+                // and freed in the same step (a lease that expired in the tick
+                // that granted it, a session killed by the command whose
+                // deadlines granted its lock) must not be granted again in
+                // that step: the next holder would get the same token, and
+                // the one just ended would still pass the fence. They wait a
+                // millisecond, so the next grant is a later command's.
+                let same_step = fence_token == seq;
+                let delay_ms = match (taken_away, same_step) {
+                    (true, _) if lock.lock_delay_ms > 0 => lock.lock_delay_ms,
+                    (_, true) => SAME_STEP_REGRANT_DELAY_MS,
+                    _ => 0,
+                };
+                let delay_until = (delay_ms > 0).then(|| self.now.saturating_add(delay_ms));
                 for key in &lock.keys {
                     let state = self.lock_keys.get_mut(key).expect("a held key is indexed");
                     state.holders.retain(|h| *h != id);

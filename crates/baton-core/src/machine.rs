@@ -381,6 +381,9 @@ impl StateMachine {
         self.now = self.now.max(time);
         let mut fx = Effects::default();
         self.fire_due(seq, &mut fx);
+        // Before a retry looks up its record: a wait that a deadline has just
+        // settled must replay as settled, not join a wait that is over.
+        self.settle_idempotent_waits(&fx.wakeups);
         self.expire_idempotency();
         if matches!(command.op, Op::Tick) {
             return self.finish(fx, Ok(Response::Empty {}));
@@ -423,7 +426,14 @@ impl StateMachine {
     /// Build the output; a wakeup of a request made with an idempotency key
     /// becomes that key's recorded reply, so a retry gets the outcome.
     fn finish(&mut self, fx: Effects, reply: Reply) -> Output {
-        for wakeup in &fx.wakeups {
+        self.settle_idempotent_waits(&fx.wakeups);
+        fx.into_output(reply)
+    }
+
+    /// The records of idempotent requests that `wakeups` settle take the
+    /// wakeup's reply.
+    fn settle_idempotent_waits(&mut self, wakeups: &[Wakeup]) {
+        for wakeup in wakeups {
             let Some((agent, key)) = self.idempotency_waits.remove(&wakeup.id) else {
                 continue;
             };
@@ -437,7 +447,6 @@ impl StateMachine {
                 record.waiting = None;
             }
         }
-        fx.into_output(reply)
     }
 
     fn execute(&mut self, seq: u64, command: &Command, fx: &mut Effects) -> Reply {

@@ -220,6 +220,10 @@ impl StateMachine {
         validate::key("key", key, &self.limits)?;
         validate::value("value", value, &self.limits)?;
         self.check_claim(key, claim_id, &command.agent)?;
+        // Every refusal before the claim is taken: the core has no rollback,
+        // and a fulfil refused after it would lose the claim (the holder
+        // could not retry, and the next caller would refresh again).
+        self.check_capacity(usize::from(!self.kv.contains_key(key)))?;
         let claim = self
             .onces
             .get_mut(key)

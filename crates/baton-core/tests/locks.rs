@@ -1011,3 +1011,94 @@ fn likely_queues_names_blocking_requests_on_taken_keys_only() {
         "free again"
     );
 }
+
+/// A token is the log sequence number of its grant, so two holders of a key
+/// in a row must never be granted in the same step. Here one tick's
+/// deadlines grant the key to a waiter (the holder's lease ended) and then
+/// end that grant (the waiter's session expired in the same tick): the next
+/// waiter is granted by a later command, with a larger token, and the ended
+/// holder's token no longer passes the fence.
+#[test]
+fn a_key_granted_and_freed_in_one_step_is_granted_again_with_a_new_token() {
+    let mut h = Harness::new();
+    lock(&h.acquire("a", None, &["f/k"], X, Some(1000), 0));
+    let session = h.open_session("b", 1500);
+    let b = lock(&h.acquire("b", Some(session), &["f/k"], X, None, 60_000)).clone();
+    let c = lock(&h.acquire("c", None, &["f/k"], X, Some(10_000), 60_000)).clone();
+    assert_eq!(
+        (b.status, c.status),
+        (LockStatus::Waiting, LockStatus::Waiting)
+    );
+
+    h.advance(1500); // a's lease (due at 1000) and b's session (1500) both end
+    let tick = h.seq;
+    let wakeups = h.take_wakeups();
+    let granted_b = wakeups
+        .iter()
+        .find(|w| w.id == b.lock_id)
+        .map(|w| lock(&w.reply).clone())
+        .expect("b was granted, then lost the lock with its session");
+    assert_eq!(granted_b.fence_token, Some(tick));
+    assert!(
+        wakeups.iter().all(|w| w.id != c.lock_id),
+        "c is not granted in the step that granted and freed the key: {wakeups:?}"
+    );
+
+    h.advance(1);
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups.len(), 1, "{wakeups:?}");
+    assert_eq!(wakeups[0].id, c.lock_id);
+    let granted_c = lock(&wakeups[0].reply).clone();
+    assert!(granted_c.fence_token.unwrap() > granted_b.fence_token.unwrap());
+
+    let stale = Command::new("b", put_op("f/data", json!("late"), None))
+        .with_fence("f/k", granted_b.fence_token.unwrap());
+    assert_eq!(err(&h.run(stale)).code, ErrorCode::Fenced);
+    assert!(h.machine.get("f/data").is_err(), "nothing applied");
+    assert!(
+        !h.machine
+            .check_fence("f/k", granted_b.fence_token.unwrap())
+            .unwrap()
+            .valid
+    );
+}
+
+/// A retry of a queued acquire that arrives after the lock was freed but
+/// before any tick granted it: the retry's own step grants the wait, and the
+/// retry must get that grant, not join a wait that is already over (no
+/// wakeup would ever come for it).
+#[test]
+fn a_retry_in_the_step_that_grants_its_wait_gets_the_grant() {
+    let mut h = Harness::new();
+    lock(&h.acquire("a", None, &["r/k"], X, Some(1000), 0));
+    let acquire = Command::new(
+        "b",
+        Op::LockAcquire(LockAcquire {
+            keys: vec!["r/k".into()],
+            mode: X,
+            ttl_ms: Some(5000),
+            wait_ms: 60_000,
+            lock_delay_ms: 0,
+            read: false,
+        }),
+    )
+    .with_idempotency_key("r");
+    h.seq += 1;
+    let first = h.machine.apply(h.seq, h.time, &acquire);
+    let waiting = lock(&first.reply).clone();
+    assert_eq!(waiting.status, LockStatus::Waiting);
+    assert_eq!(first.pending, Some(waiting.lock_id));
+
+    h.time += 1000; // a's lease is due; no tick has run yet
+    h.seq += 1;
+    let retry = h.machine.apply(h.seq, h.time, &acquire);
+    assert_eq!(retry.pending, None, "the wait is over: {retry:?}");
+    assert!(
+        retry.wakeups.iter().any(|w| w.id == waiting.lock_id),
+        "the original caller is woken in the same step"
+    );
+    let granted = lock(&retry.reply);
+    assert_eq!(granted.lock_id, waiting.lock_id);
+    assert_eq!(granted.status, LockStatus::Held);
+    assert_eq!(granted.fence_token, Some(h.seq));
+}

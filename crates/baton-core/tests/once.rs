@@ -212,3 +212,49 @@ proptest! {
         }
     }
 }
+
+/// A fulfil refused because the store is full changes nothing: the claim
+/// stays the refresher's (its retry succeeds once there is room), and the
+/// waiter is neither handed the claim nor woken with a value.
+#[test]
+fn a_refused_fulfil_keeps_the_claim() {
+    let mut h = Harness::with_limits(Limits {
+        max_keys: 1,
+        ..Limits::default()
+    });
+    h.put("a", "x/a", json!(1)).unwrap();
+    let (first, _) = once(&mut h, "a", 0);
+    let claim_id = result(&first).claim_id.expect("a claims");
+    let (_, waiting) = once(&mut h, "b", 10_000);
+    assert!(waiting.is_some(), "b waits");
+    let fulfil = Op::OnceFulfil {
+        key: "cred/token".into(),
+        claim_id,
+        value: json!("tok"),
+    };
+    assert_eq!(
+        err(&h.op("a", fulfil.clone())).code,
+        ErrorCode::QuotaExceeded
+    );
+    assert!(h.take_wakeups().is_empty(), "nobody woken");
+    let (third, _) = once(&mut h, "c", 0);
+    assert_eq!(
+        err(&third).code,
+        ErrorCode::ConcurrentModification,
+        "the claim is still taken: no second refresh"
+    );
+
+    h.op(
+        "a",
+        Op::Delete {
+            key: "x/a".into(),
+            if_version: None,
+        },
+    )
+    .unwrap();
+    let done = result(&h.op("a", fulfil)).clone();
+    assert_eq!(done.value.as_deref(), Some(&json!("tok")));
+    let wakeups = h.take_wakeups();
+    assert_eq!(wakeups.len(), 1);
+    assert_eq!(Some(wakeups[0].id), waiting);
+}

@@ -321,6 +321,79 @@ fn keys_with_ttl_expire_with_an_event() {
     assert_eq!(h.machine.next_deadline(), None);
 }
 
+/// A patch or a counter add changes a key's value, not its lease: alone or
+/// inside a txn, the key keeps its TTL and still expires on time. A put in
+/// the same txn sets the TTL the later ops keep.
+#[test]
+fn patches_and_counter_adds_keep_the_ttl_in_a_txn_too() {
+    let mut h = Harness::new();
+    let put_with_ttl = |key: &str, value| Op::Put {
+        key: key.into(),
+        value,
+        if_version: None,
+        if_absent: false,
+        ttl_ms: Some(1000),
+    };
+    h.op("a", put_with_ttl("tmp/doc", json!({"a": 1}))).unwrap();
+    h.op("a", put_with_ttl("tmp/n", json!(1))).unwrap();
+    let expires_at = h.machine.get("tmp/doc").unwrap().entry.expires_at;
+    assert_eq!(expires_at, Some(h.time + 1000));
+    h.advance(400);
+    let txn = Txn {
+        compares: vec![],
+        success: vec![
+            TxnOp::Patch {
+                key: "tmp/doc".into(),
+                patch: Patch::Merge {
+                    patch: json!({"b": 2}),
+                },
+            },
+            TxnOp::CounterAdd {
+                key: "tmp/n".into(),
+                delta: 1,
+                min: None,
+                max: None,
+            },
+            TxnOp::Put {
+                key: "tmp/fresh".into(),
+                value: json!(0),
+                ttl_ms: Some(300),
+            },
+            TxnOp::CounterAdd {
+                key: "tmp/fresh".into(),
+                delta: 1,
+                min: None,
+                max: None,
+            },
+        ],
+        failure: vec![],
+    };
+    h.op("a", Op::Txn(txn)).unwrap();
+    assert_eq!(
+        h.machine.get("tmp/doc").unwrap().entry.expires_at,
+        expires_at
+    );
+    assert_eq!(h.machine.get("tmp/n").unwrap().entry.expires_at, expires_at);
+    assert_eq!(
+        h.machine.get("tmp/fresh").unwrap().entry.expires_at,
+        Some(h.time + 300)
+    );
+    h.advance(300);
+    assert_eq!(
+        h.machine.get("tmp/fresh").unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    h.advance(300);
+    for key in ["tmp/doc", "tmp/n"] {
+        assert_eq!(
+            h.machine.get(key).unwrap_err().code,
+            ErrorCode::NotFound,
+            "{key}"
+        );
+    }
+    assert_eq!(h.machine.next_deadline(), None);
+}
+
 #[test]
 fn counters_never_cross_their_bounds() {
     let mut h = Harness::new();
