@@ -68,6 +68,48 @@ struct Ring {
     bytes: usize,
     /// Every event with a revision >= this is still in the ring.
     complete_from: u64,
+    /// Every revision up to this one has all its events pushed (the state
+    /// machine is applied before its events arrive here, so a reader must
+    /// not take the machine's revision for how far the ring goes).
+    through: u64,
+}
+
+impl Ring {
+    /// Where a read from `start` begins, or COMPACTED if the ring no longer
+    /// holds all of it.
+    fn first_revision(&self, start: Start) -> Result<u64, Error> {
+        let revision = match start {
+            Start::Oldest => return Ok(self.complete_from),
+            Start::Revision(revision) => revision.max(1),
+            Start::After((revision, _)) => revision.max(1),
+            Start::Now => return Ok(self.through + 1),
+        };
+        if revision < self.complete_from {
+            return Err(Error::new(
+                ErrorCode::Compacted,
+                format!(
+                    "revision {revision} is compacted: events are kept from revision {}; read current state and watch from there",
+                    self.complete_from
+                ),
+            )
+            .with_details(serde_json::json!({ "from_revision": revision, "oldest_revision": self.complete_from })));
+        }
+        Ok(revision)
+    }
+}
+
+/// Where a page or a watch starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The oldest revision every event of which is still kept.
+    Oldest,
+    /// This revision (COMPACTED if it is no longer kept whole).
+    Revision(u64),
+    /// Just after this position, `(revision, index)`: a watch resumed with
+    /// `Last-Event-ID`.
+    After((u64, u32)),
+    /// Only what happens from now on (a watch without a start).
+    Now,
 }
 
 /// The kept events, as `/v1/status` shows them.
@@ -85,15 +127,58 @@ pub struct Kept {
 /// ring before a watcher got to it means the watcher fell behind what is
 /// kept: it is cut off, as when it falls `watcher_lag` events behind.
 #[derive(Debug)]
-pub struct Live(broadcast::Receiver<Weak<Recorded>>);
+struct Live(broadcast::Receiver<Weak<Recorded>>);
 
 impl Live {
     /// The next event, or how the watcher fell behind.
-    pub async fn recv(&mut self) -> Result<Stamped, RecvError> {
+    async fn recv(&mut self) -> Result<Stamped, RecvError> {
         let weak = self.0.recv().await?;
         // Gone from the ring: this watcher is behind everything kept.
         weak.upgrade()
             .ok_or(RecvError::Lagged(self.0.len() as u64 + 1))
+    }
+}
+
+/// One watcher's stream: the kept events it asked for, then live ones.
+///
+/// The backlog holds weak references too, for the same reason as [`Live`]:
+/// a watcher that asked for the whole ring and stopped reading would
+/// otherwise keep every event of it alive after the ring let them go.
+#[derive(Debug)]
+pub struct Watch {
+    backlog: VecDeque<Weak<Recorded>>,
+    live: Live,
+    prefix: String,
+    /// The position of the last event handed out, or just before the first
+    /// one wanted: a live event at or before it is one the backlog had, or
+    /// one from before the watch's start.
+    last: (u64, u32),
+}
+
+impl Watch {
+    /// The next event under the prefix, or how this watcher fell behind
+    /// (then it must be cut off: the events it missed are gone).
+    pub async fn next(&mut self) -> Result<Stamped, RecvError> {
+        if let Some(weak) = self.backlog.pop_front() {
+            let stamped = weak
+                .upgrade()
+                .ok_or(RecvError::Lagged(self.backlog.len() as u64 + 1))?;
+            self.last = stamped.position();
+            return Ok(stamped);
+        }
+        loop {
+            let stamped = self.live.recv().await?;
+            if stamped.position() > self.last && stamped.matches_prefix(&self.prefix) {
+                self.last = stamped.position();
+                return Ok(stamped);
+            }
+        }
+    }
+
+    /// The position of the last event handed out (or just before the first
+    /// one wanted), as a `Last-Event-ID` to resume from.
+    pub fn last(&self) -> (u64, u32) {
+        self.last
     }
 }
 
@@ -121,6 +206,7 @@ impl EventLog {
                 events: VecDeque::new(),
                 bytes: 0,
                 complete_from,
+                through: complete_from.saturating_sub(1),
             }),
             capacity: capacity.max(1),
             capacity_bytes,
@@ -128,16 +214,16 @@ impl EventLog {
         }
     }
 
-    /// Append the events of one applied command (in order).
-    pub fn push(&self, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
+    /// Append the events of the command applied at `revision` (in order;
+    /// none is fine: the ring still learns that the revision is done).
+    pub fn push(&self, revision: u64, events: Vec<Event>) {
         let mut ring = self.ring.lock().expect("event ring lock");
+        ring.through = revision;
         for (index, event) in events.into_iter().enumerate() {
+            debug_assert_eq!(event.revision, revision);
             let json = serde_json::value::to_raw_value(&event).expect("events serialize");
             let stamped = Arc::new(Recorded {
-                revision: event.revision,
+                revision,
                 index: index as u32,
                 keys: event.keys.into_iter().map(String::into_boxed_str).collect(),
                 json,
@@ -167,48 +253,67 @@ impl EventLog {
         }
     }
 
-    /// Subscribe to live events, then take the kept events after `after`
-    /// (a position) or from `from_revision`, matching `prefix`. Subscribing
-    /// first means nothing falls between the backlog and the live stream.
-    pub fn subscribe(
+    /// Up to `limit` kept events from `start` under `prefix`, and the
+    /// revision to read from next. A page never ends inside a revision (a
+    /// release and the grant it makes share one, and resuming at the next
+    /// revision would skip the rest): a revision cut by the limit is left
+    /// whole for the next page, and a revision that alone fills the page
+    /// is returned whole, over the limit. An empty or short page's next
+    /// revision is the one after everything the ring has seen, read under
+    /// the same lock, so nothing pushed meanwhile is skipped.
+    pub fn page(
         &self,
         prefix: &str,
-        from_revision: Option<u64>,
-        after: Option<(u64, u32)>,
+        start: Start,
         limit: usize,
-    ) -> Result<(Vec<Stamped>, Live), Error> {
+    ) -> Result<(Vec<Stamped>, u64), Error> {
+        let limit = limit.max(1);
         let ring = self.ring.lock().expect("event ring lock");
-        let receiver = Live(self.live.subscribe());
-        let start = match (after, from_revision) {
-            (Some((revision, _)), _) => Some(revision),
-            (None, Some(revision)) => Some(revision),
-            (None, None) => None,
-        };
-        let Some(start) = start.map(|s| s.max(1)) else {
-            return Ok((Vec::new(), receiver));
-        };
-        if start < ring.complete_from {
-            return Err(Error::new(
-                ErrorCode::Compacted,
-                format!(
-                    "revision {start} is compacted: events are kept from revision {}; read current state and watch from there",
-                    ring.complete_from
-                ),
-            )
-            .with_details(serde_json::json!({ "from_revision": start, "oldest_revision": ring.complete_from })));
-        }
-        let backlog = ring
+        let from = ring.first_revision(start)?;
+        let mut page: Vec<Stamped> = Vec::new();
+        let matching = ring
             .events
             .iter()
-            .filter(|s| match after {
-                Some(position) => s.position() > position,
-                None => s.revision >= start,
-            })
-            .filter(|s| s.matches_prefix(prefix))
-            .take(limit)
-            .cloned()
+            .filter(|s| s.revision >= from && s.matches_prefix(prefix));
+        for stamped in matching {
+            if page.len() >= limit {
+                let (first, last) = (page[0].revision, page[page.len() - 1].revision);
+                if stamped.revision != last {
+                    return Ok((page, last + 1));
+                }
+                if first != last {
+                    page.retain(|s| s.revision != last);
+                    return Ok((page, last));
+                }
+            }
+            page.push(stamped.clone());
+        }
+        Ok((page, from.max(ring.through + 1)))
+    }
+
+    /// Subscribe to live events, then take the kept events from `start`
+    /// under `prefix`. Subscribing under the ring's lock means nothing falls
+    /// between the backlog and the live stream.
+    pub fn watch(&self, prefix: &str, start: Start) -> Result<Watch, Error> {
+        let ring = self.ring.lock().expect("event ring lock");
+        let live = Live(self.live.subscribe());
+        let from = ring.first_revision(start)?;
+        let after = match start {
+            Start::After(position) => position,
+            _ => (from - 1, u32::MAX),
+        };
+        let backlog: VecDeque<Weak<Recorded>> = ring
+            .events
+            .iter()
+            .filter(|s| s.position() > after && s.matches_prefix(prefix))
+            .map(Arc::downgrade)
             .collect();
-        Ok((backlog, receiver))
+        Ok(Watch {
+            backlog,
+            live,
+            prefix: prefix.to_string(),
+            last: after,
+        })
     }
 }
 
@@ -243,7 +348,7 @@ mod tests {
     fn large_events_are_kept_within_the_byte_budget_and_the_rest_is_compacted() {
         let log = EventLog::new(100_000, 64 * KB, 16, 1);
         for revision in 1..=100 {
-            log.push(vec![put(revision, 10 * KB)]);
+            log.push(revision, vec![put(revision, 10 * KB)]);
             let kept = log.kept();
             assert!(kept.bytes <= 64 * KB, "{kept:?} over the budget");
         }
@@ -254,9 +359,10 @@ mod tests {
         );
         assert_eq!(kept.from_revision, 95);
 
-        let compacted = log.subscribe("", Some(94), None, usize::MAX).unwrap_err();
+        let compacted = log.page("", Start::Revision(94), usize::MAX).unwrap_err();
         assert_eq!(compacted.code, ErrorCode::Compacted);
-        let (backlog, _) = log.subscribe("docs/", Some(95), None, usize::MAX).unwrap();
+        let (backlog, next) = log.page("docs/", Start::Revision(95), usize::MAX).unwrap();
+        assert_eq!(next, 101);
         assert_eq!(
             backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
             (95..=100).collect::<Vec<_>>()
@@ -268,11 +374,11 @@ mod tests {
     #[test]
     fn an_event_larger_than_the_budget_is_still_kept_alone() {
         let log = EventLog::new(100_000, 4 * KB, 16, 1);
-        log.push(vec![put(1, 100)]);
-        log.push(vec![put(2, 10 * KB)]);
+        log.push(1, vec![put(1, 100)]);
+        log.push(2, vec![put(2, 10 * KB)]);
         let kept = log.kept();
         assert_eq!((kept.events, kept.from_revision), (1, 2), "{kept:?}");
-        let (backlog, _) = log.subscribe("", Some(2), None, usize::MAX).unwrap();
+        let (backlog, _) = log.page("", Start::Oldest, usize::MAX).unwrap();
         assert_eq!(backlog[0].revision, 2);
     }
 
@@ -280,7 +386,7 @@ mod tests {
     fn the_count_bounds_the_ring_too() {
         let log = EventLog::new(3, usize::MAX, 16, 1);
         for revision in 1..=10 {
-            log.push(vec![put(revision, 10)]);
+            log.push(revision, vec![put(revision, 10)]);
         }
         let kept = log.kept();
         assert_eq!((kept.events, kept.from_revision), (3, 8), "{kept:?}");
@@ -292,18 +398,87 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_behind_the_kept_bytes_is_cut_off_and_holds_no_memory() {
         let log = EventLog::new(100_000, 64 * KB, 4096, 1);
-        let (_, mut keeping_up) = log.subscribe("", None, None, 0).unwrap();
-        let (_, mut asleep) = log.subscribe("", None, None, 0).unwrap();
+        let mut keeping_up = log.watch("", Start::Now).unwrap();
+        let mut asleep = log.watch("", Start::Now).unwrap();
         for revision in 1..=20 {
-            log.push(vec![put(revision, 10 * KB)]);
-            assert_eq!(keeping_up.recv().await.unwrap().revision, revision);
+            log.push(revision, vec![put(revision, 10 * KB)]);
+            assert_eq!(keeping_up.next().await.unwrap().revision, revision);
         }
         // Twenty events, well under the 4,096 the channel holds, but only
         // the newest six are kept: the first one this watcher would get is gone.
-        match asleep.recv().await {
+        match asleep.next().await {
             Err(RecvError::Lagged(_)) => {}
             other => panic!("expected a cut-off, got {other:?}"),
         }
         assert_eq!(log.kept().events, 6);
+    }
+
+    /// Several events in one revision (a release and the grant it makes,
+    /// every key that expired in one tick).
+    fn puts(revision: u64, count: usize) -> Vec<Event> {
+        (0..count).map(|_| put(revision, 10)).collect()
+    }
+
+    #[test]
+    fn a_page_never_ends_inside_a_revision_and_never_drops_one() {
+        let log = EventLog::new(100_000, usize::MAX, 16, 1);
+        log.push(1, puts(1, 2));
+        log.push(2, puts(2, 3));
+        log.push(3, Vec::new()); // a command with no events
+        // The limit falls inside revision 2: it is left whole for the next page.
+        let (page, next) = log.page("", Start::Oldest, 3).unwrap();
+        assert_eq!(page.iter().map(|e| e.revision).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(next, 2);
+        // Alone it fills the page: all of it, over the limit. Revision 3
+        // filed no events, so the next page starts after it.
+        let (page, next) = log.page("", Start::Revision(next), 2).unwrap();
+        assert_eq!(
+            page.iter().map(|e| e.position()).collect::<Vec<_>>(),
+            [(2, 0), (2, 1), (2, 2)]
+        );
+        assert_eq!(next, 4);
+        let (page, next) = log.page("", Start::Revision(next), 2).unwrap();
+        assert!(page.is_empty());
+        assert_eq!(next, 4);
+        // A start beyond that stays where it was asked.
+        assert_eq!(log.page("", Start::Revision(9), 2).unwrap().1, 9);
+    }
+
+    /// A watch from a revision gets nothing before it, from the backlog or live.
+    #[tokio::test]
+    async fn a_watch_from_a_revision_gets_nothing_before_it() {
+        let log = EventLog::new(100_000, usize::MAX, 16, 1);
+        log.push(1, puts(1, 1));
+        let mut watch = log.watch("", Start::Revision(3)).unwrap();
+        log.push(2, puts(2, 1));
+        log.push(3, puts(3, 1));
+        assert_eq!(watch.next().await.unwrap().revision, 3);
+    }
+
+    /// The backlog a watch has yet to send holds no event the ring let go:
+    /// a watcher that asked for everything and stopped reading is cut off
+    /// instead of keeping the events alive.
+    #[tokio::test]
+    async fn a_watch_backlog_holds_no_memory_the_ring_let_go() {
+        let log = EventLog::new(100_000, 64 * KB, 4096, 1);
+        for revision in 1..=6 {
+            log.push(revision, vec![put(revision, 10 * KB)]);
+        }
+        let mut watch = log.watch("", Start::Oldest).unwrap();
+        let first = watch.next().await.unwrap();
+        assert_eq!(first.revision, 1);
+        let second = Arc::downgrade(&log.page("", Start::Revision(2), 1).unwrap().0[0]);
+        for revision in 7..=12 {
+            log.push(revision, vec![put(revision, 10 * KB)]);
+        }
+        assert!(
+            second.upgrade().is_none(),
+            "evicted and freed, though unsent"
+        );
+        match watch.next().await {
+            Err(RecvError::Lagged(_)) => {}
+            other => panic!("expected a cut-off, got {other:?}"),
+        }
+        assert_eq!(watch.last(), (1, 0), "resume after the last event sent");
     }
 }

@@ -14,7 +14,7 @@ use baton_core::{
     Command, Compare, Envelope, Error, ErrorCode, Fence, LockAcquire, LockMode, Op, Patch, Txn,
     TxnOp,
 };
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::{self, Stream};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::ServeConfig;
-use crate::events::Stamped;
+use crate::events::{Stamped, Start};
 use crate::metrics_names as m;
 use crate::sequencer::Sequencer;
 
@@ -1346,47 +1346,20 @@ async fn events(
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let reply = query(q).and_then(|q| {
-        let limit = q
-            .limit
-            .unwrap_or(DEFAULT_PAGE)
-            .min(state.config.limits.max_list_page);
-        let from = q.from_revision.unwrap_or(1);
-        let (mut backlog, _) =
-            state
-                .sequencer
-                .shared()
-                .events
-                .subscribe(&q.prefix, Some(from), None, limit)?;
-        let revision = state.read(|m| Ok(m.revision()))?;
-        let mut next_revision = backlog
-            .last()
-            .map_or(from.max(revision + 1).min(revision + 1), |s| s.revision + 1);
-        // A full page must not end inside a revision (a release and the grant
-        // it makes share one): resuming at the next revision would skip the
-        // rest. Leave the last revision whole for the next page; when one
-        // revision fills the page, return all of it, over the limit.
-        if backlog.len() >= limit
-            && let (Some(first), Some(last)) = (backlog.first(), backlog.last())
-        {
-            let (first, last) = (first.revision, last.revision);
-            if first != last {
-                backlog.retain(|s| s.revision != last);
-                next_revision = last;
-            } else {
-                let (whole, _) = state.sequencer.shared().events.subscribe(
-                    &q.prefix,
-                    Some(first),
-                    None,
-                    state.config.limits.max_list_page,
-                )?;
-                backlog = whole
-                    .into_iter()
-                    .take_while(|s| s.revision == first)
-                    .collect();
-            }
-        }
+        let limit = match q.limit {
+            Some(0) => return Err(Error::invalid("limit", "must be at least 1")),
+            limit => limit
+                .unwrap_or(DEFAULT_PAGE)
+                .min(state.config.limits.max_list_page),
+        };
+        let start = q.from_revision.map_or(Start::Oldest, Start::Revision);
+        let (events, next_revision) = state
+            .sequencer
+            .shared()
+            .events
+            .page(&q.prefix, start, limit)?;
         Ok(EventsPage {
-            events: backlog,
+            events,
             next_revision,
         })
     });
@@ -1458,56 +1431,35 @@ async fn watch(
         .with_retry_after(1000)));
     }
     let slot = WatcherSlot(state.clone());
-    let subscribed =
-        state
-            .sequencer
-            .shared()
-            .events
-            .subscribe(&q.prefix, q.from_revision, resume, usize::MAX);
-    let (backlog, receiver) = match subscribed {
-        Ok(parts) => parts,
+    let start = match (resume, q.from_revision) {
+        (Some(position), _) => Start::After(position),
+        (None, Some(revision)) => Start::Revision(revision),
+        (None, None) => Start::Now,
+    };
+    let watch = match state.sequencer.shared().events.watch(&q.prefix, start) {
+        Ok(watch) => watch,
         Err(e) => return reply_json::<Value>(Err(e)),
     };
-    let last_sent = backlog
-        .last()
-        .map(|s| s.position())
-        .or(resume)
-        .unwrap_or((0, 0));
-    let prefix = q.prefix;
-    let backlog = stream::iter(backlog.into_iter().map(|s| Ok::<_, Infallible>(sse(&s))));
-    let live = stream::unfold(
-        (receiver, last_sent, prefix, false, slot),
-        |(mut receiver, last_sent, prefix, done, slot)| async move {
-            if done {
-                return None;
+    let events = stream::unfold((watch, false, slot), |(mut watch, done, slot)| async move {
+        if done {
+            return None;
+        }
+        match watch.next().await {
+            Ok(stamped) => Some((Ok::<_, Infallible>(sse(&stamped)), (watch, false, slot))),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                let (revision, index) = watch.last();
+                let data = json!({
+                    "code": "COMPACTED",
+                    "message": format!("this watcher fell behind (by {missed} or more events, or past the events the server keeps) and was cut off; resume with Last-Event-ID or from_revision, or read current state if that answers COMPACTED"),
+                    "last_event_id": format!("{revision}.{index}"),
+                });
+                let event = SseEvent::default().event("cut_off").data(data.to_string());
+                Some((Ok(event), (watch, true, slot)))
             }
-            loop {
-                match receiver.recv().await {
-                    Ok(stamped) => {
-                        if stamped.position() <= last_sent || !stamped.matches_prefix(&prefix) {
-                            continue;
-                        }
-                        let position = stamped.position();
-                        return Some((
-                            Ok(sse(&stamped)),
-                            (receiver, position, prefix, false, slot),
-                        ));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        let data = json!({
-                            "code": "COMPACTED",
-                            "message": format!("this watcher fell behind (by {missed} or more events, or past the events the server keeps) and was cut off; resume with Last-Event-ID or from_revision, or read current state if that answers COMPACTED"),
-                            "last_event_id": format!("{}.{}", last_sent.0, last_sent.1),
-                        });
-                        let event = SseEvent::default().event("cut_off").data(data.to_string());
-                        return Some((Ok(event), (receiver, last_sent, prefix, true, slot)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        },
-    );
-    Sse::new(backlog.chain(live))
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -282,7 +282,7 @@ impl Sequencer {
                     )
                 })?;
                 let out = machine.apply(entry.seq, record.time, &record.command);
-                events.push(out.events);
+                events.push(entry.seq, out.events);
                 replayed.add(1, entry.data.len() as u64);
             }
         }
@@ -597,14 +597,14 @@ impl Writer {
         {
             let mut machine = self.shared.machine.write().expect("state lock");
             for (seq, (command, _)) in range.zip(batch.iter()) {
-                outputs.push(machine.apply(seq, now, command));
+                outputs.push((seq, machine.apply(seq, now, command)));
             }
         }
-        for (output, (command, caller)) in outputs.into_iter().zip(batch) {
+        for ((seq, output), (command, caller)) in outputs.into_iter().zip(batch) {
             for event in &output.events {
                 m::observe_event(event);
             }
-            self.shared.events.push(output.events);
+            self.shared.events.push(seq, output.events);
             for wakeup in output.wakeups {
                 if let Some(wait) = self.pending.remove(&wakeup.id) {
                     m::observe_wait(&wait.namespace, wait.since.elapsed(), &wakeup.reply);
