@@ -290,6 +290,26 @@ impl StateMachine {
         &self.limits
     }
 
+    /// Every request that waits (queued lock requests, `once` and rate
+    /// waits), as (id, agent): after a restart, the waits nobody is there to
+    /// answer, to withdraw unless a retry joins them.
+    pub fn waiting_requests(&self) -> Vec<(u64, String)> {
+        let locks = self
+            .locks
+            .iter()
+            .filter(|(_, lock)| !lock.is_held())
+            .map(|(id, lock)| (*id, lock.agent.clone()));
+        let onces = self
+            .once_waiters
+            .iter()
+            .map(|(id, waiter)| (*id, waiter.agent.clone()));
+        let rates = self
+            .rate_waiters
+            .iter()
+            .map(|(id, waiter)| (*id, waiter.agent.clone()));
+        locks.chain(onces).chain(rates).collect()
+    }
+
     /// The revision: sequence number of the last applied command.
     pub fn revision(&self) -> u64 {
         self.last_seq
@@ -416,7 +436,13 @@ impl StateMachine {
         if reply.is_err() {
             fx.pending = None;
         }
-        if let Some((key, fingerprint)) = idempotency {
+        // Only what applied is recorded. A refusal applied nothing, and many
+        // say "retry after N ms" (a held lock, an empty bucket, a full
+        // quota): replaying it would refuse the retry it invites for as long
+        // as the record is kept. Run again, the retry applies at most once.
+        if let Some((key, fingerprint)) = idempotency
+            && reply.is_ok()
+        {
             self.record_idempotency(&command.agent, key, fingerprint, &reply, fx.pending);
         }
         self.debug_check_invariants();
@@ -431,18 +457,28 @@ impl StateMachine {
     }
 
     /// The records of idempotent requests that `wakeups` settle take the
-    /// wakeup's reply.
+    /// wakeup's reply; a wait that ended without applying (timed out,
+    /// withdrawn, its session gone) leaves no record, like any refusal.
     fn settle_idempotent_waits(&mut self, wakeups: &[Wakeup]) {
         for wakeup in wakeups {
             let Some((agent, key)) = self.idempotency_waits.remove(&wakeup.id) else {
                 continue;
             };
-            if let Some(record) = self
-                .idempotency
-                .get_mut(&agent)
-                .and_then(|records| records.get_mut(&key))
-                && record.waiting == Some(wakeup.id)
+            let Some(records) = self.idempotency.get_mut(&agent) else {
+                continue;
+            };
+            if records
+                .get(&key)
+                .is_none_or(|r| r.waiting != Some(wakeup.id))
             {
+                continue;
+            }
+            if wakeup.reply.is_err() {
+                records.remove(&key);
+                if records.is_empty() {
+                    self.idempotency.remove(&agent);
+                }
+            } else if let Some(record) = records.get_mut(&key) {
                 record.reply = as_recorded(&wakeup.reply);
                 record.waiting = None;
             }

@@ -603,6 +603,69 @@ fn idempotency_replays_and_detects_mismatch() {
     assert_eq!(*h.machine.get("c/n").unwrap().entry.value, json!(2));
 }
 
+/// A refusal applied nothing and is not recorded: the retry it invites
+/// ("retry after N ms"), made with the same key, runs again and applies
+/// once. So does a retry of a wait that ended without applying.
+#[test]
+fn a_refused_request_retried_with_its_key_runs_again() {
+    let mut h = Harness::new();
+    let take = Command::new(
+        "a",
+        Op::RateTake {
+            bucket: "api/x".into(),
+            tokens: 1,
+            rate_per_sec: 10,
+            burst: 1,
+            wait_ms: 0,
+        },
+    )
+    .with_idempotency_key("take-1");
+    h.op("other", take.op.clone()).unwrap(); // empties the bucket
+    let refused = err(&h.run(take.clone())).clone();
+    assert_eq!(refused.code, ErrorCode::RateLimited);
+    h.advance(refused.retry_after_ms.expect("says when"));
+    h.run(take.clone()).expect("the retry takes a token");
+    assert_eq!(
+        err(&h.op("a", take.op.clone())).code,
+        ErrorCode::RateLimited,
+        "one token taken by the retry"
+    );
+    h.run(take)
+        .expect("and a second retry replays that success");
+
+    // A queued acquire whose wait timed out: its retry queues again.
+    lock(&h.acquire(
+        "holder",
+        None,
+        &["w/k"],
+        LockMode::Exclusive,
+        Some(60_000),
+        0,
+    ));
+    let acquire = Command::new(
+        "a",
+        Op::LockAcquire(LockAcquire {
+            keys: vec!["w/k".into()],
+            mode: LockMode::Exclusive,
+            ttl_ms: Some(1000),
+            wait_ms: 100,
+            lock_delay_ms: 0,
+            read: false,
+        }),
+    )
+    .with_idempotency_key("acq-1");
+    let queued = lock(&h.run(acquire.clone())).clone();
+    h.advance(100);
+    assert!(
+        h.take_wakeups()
+            .iter()
+            .any(|w| w.id == queued.lock_id && w.reply.is_err())
+    );
+    let again = lock(&h.run(acquire)).clone();
+    assert_eq!(again.status, LockStatus::Waiting);
+    assert_ne!(again.lock_id, queued.lock_id, "a new request, queued again");
+}
+
 #[test]
 fn idempotency_retention_is_bounded_in_count_and_time() {
     let limits = Limits {

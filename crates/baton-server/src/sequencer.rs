@@ -27,6 +27,11 @@ use crate::metrics_names as m;
 /// How often the writer looks for waiters whose HTTP client went away, while
 /// any wait is pending.
 const DISCONNECT_SCAN_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a wait recovered from the log (its caller went with the
+/// previous process) waits for a retry with its idempotency key to join it
+/// before it is withdrawn. A client's retry after a restart comes well
+/// within this.
+const RECOVERED_WAIT_REJOIN: Duration = Duration::from_secs(10);
 /// How long a batch made only of lock requests that will queue waits for
 /// another command to share its commit. Short next to a lease, and the
 /// requests' wait deadlines are stamped after it.
@@ -211,6 +216,9 @@ struct PendingWait {
     since: Instant,
     namespace: String,
     cancelling: bool,
+    /// A wait recovered from the log has no caller until a retry with its
+    /// idempotency key joins it; it is withdrawn if none has by then.
+    rejoin_until: Option<Instant>,
 }
 
 struct Writer {
@@ -298,6 +306,26 @@ impl Sequencer {
             machine.revision(),
             started.elapsed().as_millis()
         );
+        // Waits in the recovered state lost their callers with the process
+        // that stopped. Left alone, one would be granted to nobody (and
+        // held while its session lives); a retry with its idempotency key
+        // may still join it for a while.
+        let rejoin_until = Instant::now() + RECOVERED_WAIT_REJOIN;
+        let pending = machine
+            .waiting_requests()
+            .into_iter()
+            .map(|(id, agent)| {
+                let wait = PendingWait {
+                    agent,
+                    callers: Vec::new(),
+                    since: Instant::now(),
+                    namespace: String::new(),
+                    cancelling: false,
+                    rejoin_until: Some(rejoin_until),
+                };
+                (id, wait)
+            })
+            .collect();
         let shared = Arc::new(Shared {
             machine: RwLock::new(machine),
             events,
@@ -312,7 +340,7 @@ impl Sequencer {
             snapshot_in_flight: None,
             shared: shared.clone(),
             requests: receiver,
-            pending: HashMap::new(),
+            pending,
             max_batch: config.max_batch.max(1),
             polling: Polling::new(Duration::from_micros(config.writer_spin_us)),
             snapshot_every_commands: config.snapshot_every_commands.max(1),
@@ -534,7 +562,10 @@ impl Writer {
         let mut cancels = Vec::new();
         for (lock_id, wait) in &mut self.pending {
             wait.callers.retain(|c| !c.is_closed());
-            if wait.callers.is_empty() && !wait.cancelling {
+            let rejoining = wait
+                .rejoin_until
+                .is_some_and(|until| Instant::now() < until);
+            if wait.callers.is_empty() && !wait.cancelling && !rejoining {
                 wait.cancelling = true;
                 cancels.push(Command::new(
                     wait.agent.clone(),
@@ -631,6 +662,7 @@ impl Writer {
                         since: received,
                         namespace,
                         cancelling: false,
+                        rejoin_until: None,
                     });
                     wait.callers.push(reply);
                 }
@@ -657,11 +689,24 @@ impl Writer {
         if !batch.is_empty() {
             self.write_batch(batch, now_ms());
         }
-        for (_, wait) in self.pending.drain() {
+        // Withdraw every wait in the log too: one kept in the state would be
+        // granted after the restart to a caller told it was withdrawn.
+        let waits: Vec<(u64, PendingWait)> = self.pending.drain().collect();
+        let cancels = waits
+            .iter()
+            .map(|(id, wait)| {
+                let cancel = Command::new(wait.agent.clone(), Op::CancelWait { id: *id });
+                (cancel, None)
+            })
+            .collect::<Vec<Batched>>();
+        if !cancels.is_empty() {
+            self.write_batch(cancels, now_ms());
+        }
+        for (_, wait) in waits {
             for caller in wait.callers {
                 let _ = caller.send(Err(Error::new(
                     ErrorCode::Unavailable,
-                    "the server is shutting down; the lock request was withdrawn",
+                    "the server is shutting down; the request was withdrawn: retry once it is back",
                 )));
             }
         }

@@ -3,6 +3,7 @@
 mod support;
 
 use serde_json::json;
+use std::time::Duration;
 use support::*;
 
 #[tokio::test]
@@ -293,5 +294,164 @@ async fn a_snapshot_waits_until_the_log_since_the_last_one_is_as_large_as_it() {
     })
     .await;
     assert!(next["bytes"].as_u64().unwrap() >= first_bytes, "{next}");
+    server.stop().await;
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `within`.
+async fn eventually<F, Fut>(within: std::time::Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn waiters(api: &Api, key: &str) -> Vec<u64> {
+    api.get(&format!("/v1/locks?key={key}")).await.ok()["waiters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["lock_id"].as_u64().unwrap())
+        .collect()
+}
+
+async fn holders(api: &Api, key: &str) -> Vec<u64> {
+    api.get(&format!("/v1/locks?key={key}")).await.ok()["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["lock_id"].as_u64().unwrap())
+        .collect()
+}
+
+/// A lock request waiting when the server shuts down is told it was
+/// withdrawn, and it is: after the restart it is not granted to a caller
+/// that is gone (it would hold the key while its session lives).
+#[tokio::test]
+async fn a_wait_withdrawn_at_shutdown_is_not_granted_after_the_restart() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let alice = server.client("alice");
+    let held = alice
+        .post("/v1/locks", json!({"keys": ["w/k"], "ttl_ms": 60_000}))
+        .await
+        .ok()["lock_id"]
+        .as_u64()
+        .unwrap();
+    let mut bob = server.client("bob");
+    bob.open_session(60_000).await;
+    let waiting = tokio::spawn(async move {
+        bob.post("/v1/locks", json!({"keys": ["w/k"], "wait_ms": 60_000}))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !waiters(&alice, "w/k").await.is_empty()
+        })
+        .await,
+        "bob queues"
+    );
+    server.stop().await;
+    let told = waiting.await.unwrap();
+    assert_eq!((told.status, told.code()), (503, "UNAVAILABLE"));
+
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let alice = server.client("alice");
+    assert!(
+        waiters(&alice, "w/k").await.is_empty(),
+        "withdrawn in the log"
+    );
+    alice.delete(&format!("/v1/locks/{held}")).await.ok();
+    assert!(holders(&alice, "w/k").await.is_empty(), "granted to nobody");
+    server.stop().await;
+}
+
+/// Waits recovered from the log after a crash (here: storage failed, so the
+/// shutdown could not withdraw them) have no caller. A retry with the
+/// request's idempotency key joins its wait and gets the grant; a wait
+/// nobody rejoins is withdrawn, not granted to nobody.
+#[tokio::test]
+async fn waits_recovered_after_a_crash_are_rejoined_or_withdrawn() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let alice = server.client("alice");
+    let held = alice
+        .post("/v1/locks", json!({"keys": ["w/k"], "ttl_ms": 60_000}))
+        .await
+        .ok()["lock_id"]
+        .as_u64()
+        .unwrap();
+    let acquire = json!({"keys": ["w/k"], "ttl_ms": 60_000, "wait_ms": 60_000});
+    let retrier = server.client("retrier");
+    let body = acquire.clone();
+    let first = tokio::spawn(async move {
+        retrier
+            .call("POST", "/v1/locks", Some(body), Some("acquire-1"))
+            .await
+    });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            waiters(&alice, "w/k").await.len() == 1
+        })
+        .await
+    );
+    let gone = server.client("gone");
+    let body = acquire.clone();
+    let second = tokio::spawn(async move { gone.post("/v1/locks", body).await });
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            waiters(&alice, "w/k").await.len() == 2
+        })
+        .await
+    );
+    let queued = waiters(&alice, "w/k").await;
+
+    server.faults.fail_all_appends();
+    server.faults.fail_snapshot_saves(true);
+    assert_eq!(
+        alice.put("w/x", json!({"value": 1})).await.code(),
+        "UNAVAILABLE"
+    );
+    server.stop().await;
+    assert_eq!(first.await.unwrap().code(), "UNAVAILABLE");
+    assert_eq!(second.await.unwrap().code(), "UNAVAILABLE");
+
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let alice = server.client("alice");
+    assert_eq!(waiters(&alice, "w/k").await, queued, "both waits recovered");
+    let retrier = server.client("retrier");
+    let retried = tokio::spawn(async move {
+        retrier
+            .call("POST", "/v1/locks", Some(acquire), Some("acquire-1"))
+            .await
+    });
+    // The retry joins the recovered wait (it does not queue a new request).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            alice.get("/v1/status").await.ok()["locks_waiting"] == 2
+        })
+        .await
+    );
+    alice.delete(&format!("/v1/locks/{held}")).await.ok();
+    let granted = retried.await.unwrap();
+    assert_eq!(granted.ok()["lock_id"], queued[0]);
+    assert_eq!(granted.ok()["status"], "held");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            waiters(&alice, "w/k").await.is_empty()
+        })
+        .await,
+        "the wait nobody rejoined is withdrawn"
+    );
+    assert_eq!(holders(&alice, "w/k").await, [queued[0]]);
     server.stop().await;
 }
