@@ -124,8 +124,9 @@ enum FileCommand {
 /// `5s`, `250ms`, `1m`, `0`; a bare number (`2`, `0.5`) is seconds.
 fn parse_lock_timeout(text: &str) -> Result<Duration, String> {
     let parsed = match text.trim().parse::<f64>() {
+        // Past u64 seconds (1e20) there is no Duration: as "too long" as any.
         Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => {
-            Ok(Duration::from_secs_f64(seconds))
+            Ok(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
         }
         Ok(_) => Err("must be a duration of 0 or more".to_owned()),
         Err(_) => humantime::parse_duration(text).map_err(|e| format!("{e} (try 5s, 250ms or 0)")),
@@ -343,5 +344,6 @@ mod tests {
         assert!(parse_lock_timeout("-1").is_err());
         assert!(parse_lock_timeout("soon").is_err());
         assert!(parse_lock_timeout("2h").is_err());
+        assert!(parse_lock_timeout("1e20").is_err(), "refused, not a panic");
     }
 }

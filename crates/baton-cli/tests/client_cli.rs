@@ -451,6 +451,34 @@ fn counters_stay_in_bounds_and_idempotency_keys_apply_once() {
             "req-1",
         ])
         .err("IDEMPOTENCY_MISMATCH", 2);
+
+    // Without BATON_AGENT, USER or LOGNAME (as in most containers) the
+    // default agent is still the same from one call to the next: a retry
+    // with the same key applies once, and a lock is released by the next call.
+    let anonymous = |args: &[&str]| {
+        Reply::of(
+            server
+                .baton()
+                .env_remove("BATON_AGENT")
+                .env_remove("USER")
+                .env_remove("LOGNAME")
+                .args(args),
+        )
+    };
+    let args = [
+        "counter",
+        "add",
+        "hits/y",
+        "1",
+        "--idempotency-key",
+        "req-2",
+    ];
+    anonymous(&args).ok();
+    anonymous(&args).ok();
+    assert_eq!(server.run(&["counter", "get", "hits/y"]).ok()["value"], 1);
+    let held = anonymous(&["lock", "acquire", "anon/k", "--ttl", "30s"]);
+    let lock_id = held.ok()["lock_id"].to_string();
+    anonymous(&["lock", "release", &lock_id]).ok();
 }
 
 #[test]
@@ -543,7 +571,11 @@ fn text_mode_prints_for_people_and_errors_on_stderr() {
 #[test]
 fn bad_arguments_exit_2_and_name_the_argument() {
     let server = Server::start();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 10] = [
+        // A session is not a lock: --fence would be refused by the server
+        // (open, keepalive, kill) or ignored (close), so it is not offered.
+        (&["session", "close", "1", "--fence", "a/b:1"], "--fence"),
+        (&["session", "open", "--fence", "a/b:1"], "--fence"),
         (&["lock", "acquire", "a/b", "--ttl", "30"], "--ttl"),
         (&["lock", "acquire", "a/b", "--wait", "soon"], "--wait"),
         (&["lock", "acquire"], "KEY"),

@@ -111,15 +111,45 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/buckets/{*bucket}", get(bucket_get))
         .route("/v1/events", get(events))
         .route("/v1/watch", get(watch))
-        .fallback(|| async {
-            reply_json::<Value>(Err(Error::new(
-                ErrorCode::NotFound,
-                "no such endpoint; see GET /v1/openapi.json",
-            )))
-        })
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                reply_json::<Value>(Err(Error::invalid(
+                    "method",
+                    format!(
+                        "{method} is not one of the methods of {}; see GET /v1/openapi.json",
+                        uri.path()
+                    ),
+                )))
+            },
+        )
         .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
+}
+
+/// The paths whose last segment is a name that may hold slashes, and what
+/// that name is called in an error.
+const NAMED_PATHS: [(&str, &str); 5] = [
+    ("/v1/kv/", "key"),
+    ("/v1/history/", "key"),
+    ("/v1/quotas/", "quota"),
+    ("/v1/queue-status/", "queue"),
+    ("/v1/buckets/", "bucket"),
+];
+
+/// No route matched. A named path with the name left out (`PUT /v1/kv/`)
+/// is bad input, as the same empty key is in a body, not a missing endpoint.
+async fn no_such_endpoint(uri: axum::http::Uri) -> Response {
+    let empty_name = NAMED_PATHS.iter().find(|(prefix, _)| uri.path() == *prefix);
+    let error = match empty_name {
+        Some((_, field)) => Error::invalid(field, "must not be empty"),
+        None => Error::new(
+            ErrorCode::NotFound,
+            "no such endpoint; see GET /v1/openapi.json",
+        ),
+    };
+    reply_json::<Value>(Err(error))
 }
 
 async fn count_requests(request: Request, next: Next) -> Response {

@@ -430,10 +430,44 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
         "{:?}",
         bad_read.body
     );
-    assert_eq!(api.get("/v1/nowhere").await.status, 404);
+    let nowhere = api.get("/v1/nowhere").await;
+    assert_eq!((nowhere.status, nowhere.code()), (404, "NOT_FOUND"));
     assert_eq!(
         api.get("/v1/locks/notanumber").await.code(),
         "INVALID_ARGUMENT"
+    );
+    // An empty name in the path is bad input, as it is in a body.
+    for (method, path, body, field) in [
+        ("PUT", "/v1/kv/", Some(json!({"value": 1})), "key"),
+        ("GET", "/v1/kv/", None, "key"),
+        ("GET", "/v1/history/", None, "key"),
+        ("GET", "/v1/buckets/", None, "bucket"),
+        ("PUT", "/v1/quotas/", Some(json!({"capacity": 1})), "quota"),
+        ("GET", "/v1/queue-status/", None, "queue"),
+    ] {
+        let reply = api.call(method, path, body, None).await;
+        assert_eq!(
+            (reply.status, reply.code()),
+            (400, "INVALID_ARGUMENT"),
+            "{method} {path}"
+        );
+        assert_eq!(
+            reply.body["error"]["details"]["field"], field,
+            "{method} {path}"
+        );
+    }
+    // A method a path does not take: the envelope, naming the method.
+    let wrong = api
+        .call("POST", "/v1/kv/bad/k", Some(json!({})), None)
+        .await;
+    assert_eq!((wrong.status, wrong.code()), (400, "INVALID_ARGUMENT"));
+    assert!(
+        wrong.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POST"),
+        "{}",
+        wrong.body
     );
     // Nothing of it was applied.
     assert_eq!(

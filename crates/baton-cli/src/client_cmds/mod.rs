@@ -205,12 +205,21 @@ impl RetryArgs {
 }
 
 /// `$USER@<hostname>`: stable across invocations, so a lock taken by one
-/// `baton` call can be renewed or released by the next. Without a user
-/// name, `cli-<pid>` (unique per process).
+/// `baton` call can be renewed or released by the next, and a retry with an
+/// idempotency key is the same agent's. Without `USER` or `LOGNAME` (as in
+/// most containers), the user is `uid-<uid>`; only with neither a user nor
+/// a host is it `cli-<pid>` (unique per process).
 pub fn default_agent() -> String {
     let user = ["USER", "LOGNAME"]
         .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            // The owner of this process's /proc entry is its real user.
+            std::fs::metadata("/proc/self")
+                .ok()
+                .map(|m| format!("uid-{}", m.uid()))
+        });
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())

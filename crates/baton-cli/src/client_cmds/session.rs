@@ -4,7 +4,7 @@ use baton_client::{ApiRequest, SessionInfo};
 use baton_core::Error;
 use clap::{Args, Subcommand};
 
-use super::{ConnArgs, WriteArgs, call, parse_duration_ms, text};
+use super::{ConnArgs, RetryArgs, call, parse_duration_ms, text};
 use crate::output::OutputMode;
 
 #[derive(Debug, Args)]
@@ -34,7 +34,7 @@ enum SessionCommand {
         #[arg(long, default_value = "60s", value_parser = parse_duration_ms, value_name = "DURATION")]
         ttl: u64,
         #[command(flatten)]
-        write: WriteArgs,
+        write: RetryArgs,
     },
     /// Extend a session's life by its TTL from now
     #[command(
@@ -44,7 +44,7 @@ enum SessionCommand {
         /// The session [default: --session / BATON_SESSION]
         id: Option<u64>,
         #[command(flatten)]
-        write: WriteArgs,
+        write: RetryArgs,
     },
     /// Close a session: its locks are released, its waits cancelled
     #[command(after_help = "Example:\n  baton session close 42")]
@@ -52,7 +52,7 @@ enum SessionCommand {
         /// The session [default: --session / BATON_SESSION]
         id: Option<u64>,
         #[command(flatten)]
-        write: WriteArgs,
+        write: RetryArgs,
     },
     /// Admin: end any agent's session now; its locks are taken away
     #[command(after_help = "Example:\n  baton session kill 42 --reason 'stuck since 12:00'")]
@@ -63,7 +63,7 @@ enum SessionCommand {
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
-        write: WriteArgs,
+        write: RetryArgs,
     },
     /// List live sessions
     #[command(after_help = "Example:\n  baton session list")]
@@ -91,7 +91,7 @@ pub fn run(args: SessionArgs, mode: OutputMode) -> i32 {
         SessionCommand::Open { ttl, write } => call(
             mode,
             conn,
-            Some(write),
+            Some(&write.write()),
             Ok(ApiRequest::session_open(*ttl)),
             |v| {
                 text::typed(v, |s: SessionInfo| {
@@ -106,14 +106,14 @@ pub fn run(args: SessionArgs, mode: OutputMode) -> i32 {
         SessionCommand::Keepalive { id: session, write } => call(
             mode,
             conn,
-            Some(write),
+            Some(&write.write()),
             id(*session).map(ApiRequest::session_keepalive),
             one,
         ),
         SessionCommand::Close { id: session, write } => call(
             mode,
             conn,
-            Some(write),
+            Some(&write.write()),
             id(*session).map(ApiRequest::session_close),
             |v| {
                 text::typed(v, |s: SessionInfo| {
@@ -124,7 +124,7 @@ pub fn run(args: SessionArgs, mode: OutputMode) -> i32 {
         SessionCommand::Kill { id, reason, write } => call(
             mode,
             conn,
-            Some(write),
+            Some(&write.write()),
             Ok(ApiRequest::session_kill(*id, reason.as_deref())),
             |v| {
                 text::typed(v, |s: SessionInfo| {
