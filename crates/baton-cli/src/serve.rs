@@ -17,6 +17,8 @@ use crate::output::{OutputMode, emit};
 Precedence: flags and BATON_* variables, then the --config file, then the
 defaults. `--print-config` prints the result as TOML, a starting point for a
 config file (the [limits] table bounds keys, values, locks and sessions).
+Changed limits are logged at startup and apply from then on: what was
+accepted under the old ones stays, and replays as it was accepted.
 
 Examples:
   baton serve

@@ -54,6 +54,15 @@ impl Command {
         Command::new(SYSTEM_AGENT, Op::Tick)
     }
 
+    pub fn set_limits(limits: crate::Limits) -> Self {
+        Command::new(
+            SYSTEM_AGENT,
+            Op::SetLimits {
+                limits: Box::new(limits),
+            },
+        )
+    }
+
     pub fn with_session(mut self, session: u64) -> Self {
         self.session = Some(session);
         self
@@ -231,6 +240,13 @@ pub struct Txn {
 pub enum Op {
     /// Nothing but the passage of time: fires what is due.
     Tick,
+    /// The server's limits from here on, logged when a server starts with
+    /// limits other than those in force, so that replaying the log applies
+    /// every command under the limits it was first applied under. Only the
+    /// server issues it.
+    SetLimits {
+        limits: Box<crate::Limits>,
+    },
     SessionOpen {
         ttl_ms: u64,
     },
@@ -392,6 +408,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Tick => "tick",
+            Op::SetLimits { .. } => "set_limits",
             Op::SessionOpen { .. } => "session_open",
             Op::SessionKeepalive { .. } => "session_keepalive",
             Op::SessionClose { .. } => "session_close",

@@ -206,11 +206,32 @@ impl Effects {
 pub(crate) type Map<K, V> = imbl::OrdMap<K, V>;
 pub(crate) type Set<T> = imbl::OrdSet<T>;
 
+/// The limits a state machine applies commands under. Absent only from
+/// snapshots written before limits were recorded; restoring one of those
+/// puts the configured limits in force.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct InForce(Option<Limits>);
+
+impl std::ops::Deref for InForce {
+    type Target = Limits;
+
+    fn deref(&self) -> &Limits {
+        self.0
+            .as_ref()
+            .expect("limits are set when a state machine is made or restored")
+    }
+}
+
 /// Baton's whole replicated state. See the crate docs for the rules.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateMachine {
-    #[serde(skip)]
-    pub(crate) limits: Limits,
+    /// The limits in force. Recorded in snapshots, and changed only by a
+    /// logged `SetLimits`: replaying the log must validate every command as
+    /// it was validated when first applied, whatever the server is
+    /// configured with now.
+    #[serde(default)]
+    pub(crate) limits: InForce,
     /// Sequence number of the last applied command: the current revision.
     pub(crate) last_seq: u64,
     /// The core's clock: the largest timestamp seen, never moving back.
@@ -262,7 +283,7 @@ impl Default for StateMachine {
 impl StateMachine {
     pub fn new(limits: Limits) -> Self {
         StateMachine {
-            limits,
+            limits: InForce(Some(limits)),
             last_seq: 0,
             now: 0,
             sessions: Map::new(),
@@ -338,6 +359,10 @@ impl StateMachine {
     /// only ever be added with the layout staying readable by newer binaries;
     /// removing one means keeping it as a `#[serde(default, skip_serializing)]`
     /// placeholder, or older snapshots stop restoring.
+    ///
+    /// The limits in force are the snapshot's; `limits` only stands in for
+    /// a snapshot written before they were recorded. A server configured
+    /// differently logs the change ([`Op::SetLimits`]) once recovered.
     pub fn restore(bytes: &[u8], limits: Limits) -> Result<Self, Error> {
         let unreadable = |e: serde_json::Error| {
             Error::new(ErrorCode::Internal, format!("snapshot is unreadable: {e}"))
@@ -361,7 +386,9 @@ impl StateMachine {
                 ),
             ));
         }
-        machine.limits = limits;
+        if machine.limits.0.is_none() {
+            machine.limits = InForce(Some(limits));
+        }
         for (id, lock) in &machine.locks {
             machine
                 .party_locks
@@ -562,6 +589,10 @@ impl StateMachine {
     fn execute_op(&mut self, seq: u64, command: &Command, fx: &mut Effects) -> Reply {
         match &command.op {
             Op::Tick => Ok(Response::Empty {}),
+            Op::SetLimits { limits } => {
+                self.limits = InForce(Some(Limits::clone(limits)));
+                Ok(Response::Empty {})
+            }
             Op::SessionOpen { ttl_ms } => self.session_open(seq, command, *ttl_ms, fx),
             Op::SessionKeepalive { session_id } => {
                 self.session_keepalive(seq, command, *session_id, fx)

@@ -1,8 +1,11 @@
 //! The snapshot's bytes are a stored format: a snapshot written by an earlier
 //! build must restore, and the same state must encode to the same bytes
-//! whatever collections hold it in memory. `fixtures/snapshot.json` was
-//! written by the build before the state moved to persistent maps, from the
-//! scenario below; `BATON_BLESS=1` rewrites it (only ever on purpose).
+//! whatever collections hold it in memory. `fixtures/snapshot.json` is the
+//! scenario below as encoded once the limits in force were recorded;
+//! `BATON_BLESS=1` rewrites it (only ever on purpose).
+//! `fixtures/snapshot-before-limits.json` is the same scenario written by
+//! the build before that (and before the state moved to persistent maps):
+//! it must still restore, to the same state.
 
 mod common;
 
@@ -238,6 +241,40 @@ fn the_snapshot_format_is_unchanged_and_an_earlier_builds_snapshot_restores() {
     let restored = StateMachine::restore(&earlier, Limits::default()).unwrap();
     assert_eq!(restored.snapshot(), earlier);
     assert_eq!(restored.stats(), h.machine.stats());
+
+    // A snapshot from before the limits were recorded restores under the
+    // limits it is given, to the same state.
+    let before = std::fs::read(fixture().with_file_name("snapshot-before-limits.json")).unwrap();
+    assert!(!String::from_utf8_lossy(&before).contains("\"limits\""));
+    let restored = StateMachine::restore(&before, Limits::default()).unwrap();
+    assert_eq!(restored.snapshot(), bytes);
+}
+
+/// The limits in force are part of the state: a snapshot restores under its
+/// own limits whatever the restoring server is configured with, and only a
+/// logged `SetLimits` changes them.
+#[test]
+fn the_limits_in_force_are_recorded_and_changed_only_through_the_log() {
+    let small = Limits {
+        max_value_bytes: 64,
+        ..Limits::default()
+    };
+    let mut h = Harness::with_limits(small.clone());
+    let big = json!("x".repeat(100));
+    assert_eq!(
+        err(&h.put("a", "l/k", big.clone())).code,
+        ErrorCode::InvalidArgument
+    );
+    let restored = StateMachine::restore(&h.machine.snapshot(), Limits::default()).unwrap();
+    assert_eq!(
+        restored.limits(),
+        &small,
+        "the snapshot's, not the argument"
+    );
+
+    h.run(Command::set_limits(Limits::default())).unwrap();
+    assert_eq!(h.machine.limits(), &Limits::default());
+    h.put("a", "l/k", big).unwrap();
 }
 
 /// The background snapshot encodes a copy taken under the writer's read

@@ -10,7 +10,7 @@
 //! Storage failure is fail-stop: the batch is answered UNAVAILABLE, every
 //! later write too, and `readyz` turns 503; a restart recovers from the log.
 
-use baton_core::{Command, Error, ErrorCode, Op, Reply, StateMachine};
+use baton_core::{Command, Error, ErrorCode, Limits, Op, Reply, StateMachine};
 use baton_log::{Log, Snapshot, SnapshotStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -236,6 +236,10 @@ struct Writer {
     last_snapshot_seq: u64,
     last_snapshot_bytes: u64,
     last_snapshot: Instant,
+    /// Limits configured other than those the recovered state is under:
+    /// logged as the first command, so a replay applies the commands before
+    /// it under the old limits and those after under these.
+    limits_change: Option<baton_core::Limits>,
     /// Saves snapshots off this thread, where the log can.
     snapshot_store: Option<Arc<dyn SnapshotStore>>,
     /// The snapshot being serialized and saved by another thread.
@@ -268,7 +272,9 @@ impl Sequencer {
                 snapshot.seq,
                 snapshot.data.len() as u64,
             ),
-            None => (StateMachine::new(config.limits.clone()), 0, 0),
+            // A log replayed from its start begins under the default limits;
+            // a server configured otherwise logged its limits first.
+            None => (StateMachine::new(Limits::default()), 0, 0),
         };
         let events = EventLog::new(
             config.event_buffer,
@@ -326,6 +332,7 @@ impl Sequencer {
                 (id, wait)
             })
             .collect();
+        let limits_change = (machine.limits() != &config.limits).then(|| config.limits.clone());
         let shared = Arc::new(Shared {
             machine: RwLock::new(machine),
             events,
@@ -349,6 +356,7 @@ impl Sequencer {
             last_snapshot_seq: snapshot_seq,
             last_snapshot_bytes: snapshot_bytes,
             last_snapshot: Instant::now(),
+            limits_change,
         };
         writer.publish_snapshot_status();
         let thread = std::thread::Builder::new()
@@ -433,6 +441,9 @@ fn unavailable(why: &str) -> Error {
 
 impl Writer {
     fn run(&mut self) {
+        if let Some(limits) = self.limits_change.take() {
+            self.write_batch(vec![(Command::set_limits(limits), None)], now_ms());
+        }
         loop {
             let timeout = self.sleep_budget();
             let first = match spin_then_recv(&self.requests, timeout, self.polling.spin()) {

@@ -455,3 +455,41 @@ async fn waits_recovered_after_a_crash_are_rejoined_or_withdrawn() {
     assert_eq!(holders(&alice, "w/k").await, [queued[0]]);
     server.stop().await;
 }
+
+/// The limits a command was applied under are the limits it is replayed
+/// under: a 100 KB value acknowledged under the default limits is still there
+/// after a restart (with no snapshot, so from the log) configured to refuse
+/// values over 64 KB, and new writes follow the new limit, across a second
+/// restart too.
+#[tokio::test]
+async fn a_restart_with_lower_limits_keeps_what_was_acknowledged() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let big = "x".repeat(100 * 1024);
+    let server = TestServer::start_in(dir, config(dir)).await;
+    let api = server.client("agent");
+    api.put("l/big", json!({"value": big})).await.ok();
+    server.faults.fail_snapshot_saves(true);
+    server.stop().await; // no snapshot: the restart replays the log
+
+    let lower = |dir: &std::path::Path| {
+        let mut config = config(dir);
+        config.limits.max_value_bytes = 64 * 1024;
+        config
+    };
+    for restart in 0..2 {
+        let server = TestServer::start_in(dir, lower(dir)).await;
+        let api = server.client("agent");
+        let kept = api.get("/v1/kv/l/big").await;
+        assert_eq!(
+            kept.status, 200,
+            "restart {restart}: {}",
+            kept.body["error"]
+        );
+        assert_eq!(kept.ok()["value"].as_str().unwrap().len(), big.len());
+        let refused = api.put("l/big2", json!({"value": big})).await;
+        assert_eq!(refused.code(), "INVALID_ARGUMENT", "restart {restart}");
+        server.faults.fail_snapshot_saves(true);
+        server.stop().await;
+    }
+}
