@@ -165,13 +165,18 @@ impl StateMachine {
         let next = current
             .checked_add(delta)
             .ok_or_else(|| refused("overflows a 64-bit integer".to_string()))?;
+        // Only a move away from a bound is refused: a counter already past
+        // one (written by a put, or a bound given lower than before) can
+        // still come back toward it.
         if let Some(max) = max
             && next > max
+            && delta > 0
         {
             return Err(refused(format!("would exceed the maximum {max}")));
         }
         if let Some(min) = min
             && next < min
+            && delta < 0
         {
             return Err(refused(format!("would go below the minimum {min}")));
         }

@@ -1041,6 +1041,35 @@ impl StateMachine {
         for lock_id in lock_ids {
             self.end_lock(seq, lock_id, reason, fx);
         }
+        // Its `once` and rate waits fail with it, as its lock waits do: a
+        // killed agent must not be handed a refresh or spend tokens later.
+        let ended = |what: &str, wait: u64| {
+            Error::new(
+                ErrorCode::Fenced,
+                format!(
+                    "{what} {wait} failed: its session {id} ended ({}) while it waited",
+                    reason.as_str()
+                ),
+            )
+        };
+        let once_waits: Vec<u64> = self
+            .once_waiters
+            .iter()
+            .filter(|(_, waiter)| waiter.session == Some(id))
+            .map(|(wait, _)| *wait)
+            .collect();
+        for wait in once_waits {
+            self.fail_once_waiter(wait, ended("once wait", wait), fx);
+        }
+        let rate_waits: Vec<u64> = self
+            .rate_waiters
+            .iter()
+            .filter(|(_, waiter)| waiter.session == Some(id))
+            .map(|(wait, _)| *wait)
+            .collect();
+        for wait in rate_waits {
+            self.fail_rate_wait(wait, ended("rate wait", wait), fx);
+        }
         self.remember_end(id, EndedKind::Session, reason);
         let kind = match reason {
             EndReason::Expired => EventKind::SessionExpired,

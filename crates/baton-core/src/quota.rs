@@ -587,35 +587,48 @@ impl StateMachine {
 
     /// A queued caller's wait ended (`timed_out`) or was withdrawn.
     pub(crate) fn end_rate_wait(&mut self, id: u64, timed_out: bool, fx: &mut Effects) {
-        let Some(waiter) = self.rate_waiters.remove(&id) else {
+        let Some(waiter) = self.rate_waiters.get(&id) else {
             return;
         };
-        if !timed_out {
-            self.set_deadline(Some(waiter.deadline), None, Deadline::RateWait(id));
-        }
-        let Some(bucket) = self.buckets.get_mut(&waiter.bucket) else {
-            return;
-        };
-        bucket.waiters.retain(|w| *w != id);
-        let (available, rate, burst) = (
-            bucket.available_at(self.now) / MILLI,
-            bucket.rate_per_sec,
-            bucket.burst,
-        );
-        let error = if timed_out {
-            let retry = (waiter.tokens.saturating_sub(available) * MILLI)
-                .div_ceil(rate)
-                .max(1);
-            rate_limited(&waiter.bucket, available, waiter.tokens, rate, burst, retry)
-        } else {
-            Error::new(
+        let error = match self.buckets.get(&waiter.bucket) {
+            Some(bucket) if timed_out => {
+                let (available, rate) =
+                    (bucket.available_at(self.now) / MILLI, bucket.rate_per_sec);
+                let retry = (waiter.tokens.saturating_sub(available) * MILLI)
+                    .div_ceil(rate)
+                    .max(1);
+                rate_limited(
+                    &waiter.bucket,
+                    available,
+                    waiter.tokens,
+                    rate,
+                    bucket.burst,
+                    retry,
+                )
+            }
+            _ => Error::new(
                 ErrorCode::RateLimited,
                 format!(
                     "the wait for bucket {:?} was cancelled by its caller",
                     waiter.bucket
                 ),
-            )
+            ),
         };
+        self.fail_rate_wait(id, error, fx);
+    }
+
+    /// A queued caller's wait fails with `error`, taking nothing.
+    pub(crate) fn fail_rate_wait(&mut self, id: u64, error: Error, fx: &mut Effects) {
+        let Some(waiter) = self.rate_waiters.remove(&id) else {
+            return;
+        };
+        // Not indexed any more when the deadline is what fired.
+        self.deadlines
+            .remove(&(waiter.deadline, Deadline::RateWait(id)));
+        let Some(bucket) = self.buckets.get_mut(&waiter.bucket) else {
+            return;
+        };
+        bucket.waiters.retain(|w| *w != id);
         fx.wakeups.push(Wakeup {
             id,
             reply: Err(error),

@@ -258,3 +258,71 @@ fn a_refused_fulfil_keeps_the_claim() {
     assert_eq!(wakeups.len(), 1);
     assert_eq!(Some(wakeups[0].id), waiting);
 }
+
+/// A session's `once` and rate waits fail when it ends, as its lock waits
+/// do: a killed agent is neither handed the refresh nor spends tokens later.
+#[test]
+fn a_sessions_once_and_rate_waits_fail_when_it_ends() {
+    let mut h = Harness::new();
+    let (first, _) = once(&mut h, "a", 0);
+    assert_eq!(result(&first).status, "claimed");
+    let session = h.open_session("b", 60_000);
+    let mut wait = Command::new(
+        "b",
+        Op::Once {
+            key: "cred/token".into(),
+            max_age_ms: 60_000,
+            claim_ttl_ms: 5_000,
+            wait_ms: 10_000,
+        },
+    );
+    wait.session = Some(session);
+    h.seq += 1;
+    let once_wait = h
+        .machine
+        .apply(h.seq, h.time, &wait)
+        .pending
+        .expect("b waits");
+    let take = |tokens| Op::RateTake {
+        bucket: "api/x".into(),
+        tokens,
+        rate_per_sec: 1,
+        burst: 1,
+        wait_ms: 10_000,
+    };
+    h.op("a", take(1)).unwrap();
+    let mut rate = Command::new("b", take(1));
+    rate.session = Some(session);
+    h.seq += 1;
+    let rate_wait = h
+        .machine
+        .apply(h.seq, h.time, &rate)
+        .pending
+        .expect("b queues");
+
+    h.op(
+        "admin",
+        Op::SessionKill {
+            session_id: session,
+            reason: None,
+        },
+    )
+    .unwrap();
+    let wakeups = h.take_wakeups();
+    for id in [once_wait, rate_wait] {
+        let woken = wakeups.iter().find(|w| w.id == id).expect("woken");
+        assert_eq!(err(&woken.reply).code, ErrorCode::Fenced, "{woken:?}");
+    }
+    // Nothing is left to hand it later: the claim passes to nobody, and the
+    // refill serves nobody.
+    h.op(
+        "a",
+        Op::OnceAbandon {
+            key: "cred/token".into(),
+            claim_id: result(&first).claim_id.unwrap(),
+        },
+    )
+    .unwrap();
+    h.advance(2_000);
+    assert!(h.take_wakeups().is_empty());
+}

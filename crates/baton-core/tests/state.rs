@@ -455,6 +455,26 @@ fn counters_never_cross_their_bounds() {
         .code,
         ErrorCode::QuotaExceeded
     );
+
+    // A counter already past a bound (a put wrote it) can move back toward
+    // it, and not further away.
+    h.put("a", "quota/over", json!(5)).unwrap();
+    let toward = |delta| Op::CounterAdd {
+        key: "quota/over".into(),
+        delta,
+        min: Some(0),
+        max: Some(3),
+    };
+    match h.op("a", toward(-1)).unwrap() {
+        Response::Counter(c) => assert_eq!(c.value, 4),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err(&h.op("a", toward(1))).code, ErrorCode::QuotaExceeded);
+    assert_eq!(
+        err(&h.op("a", toward(-5))).code,
+        ErrorCode::QuotaExceeded,
+        "4 - 5 crosses the minimum"
+    );
 }
 
 #[test]

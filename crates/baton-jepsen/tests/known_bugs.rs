@@ -1,7 +1,8 @@
 //! Baton bugs this crate found, kept as regression tests now that they are fixed.
 
 use baton_core::{
-    Command, ErrorCode, Limits, LockAcquire, LockMode, Op, StateMachine, Txn, TxnOp, envelope,
+    Command, ErrorCode, Limits, LockAcquire, LockMode, LockStatus, Op, Response, StateMachine, Txn,
+    TxnOp, envelope,
 };
 
 fn counter_add(key: &str, delta: i64) -> Op {
@@ -64,12 +65,12 @@ fn an_idempotent_txn_with_counters_replays_the_same_reply_after_a_snapshot_resto
 
 /// Found by the crash workload: a lock request that queued, whose client lost
 /// the answer, is retried with its idempotency key after the wait timed out.
-/// The waiter itself was told CONCURRENT_MODIFICATION; the retry is told
+/// The waiter itself was told CONCURRENT_MODIFICATION; the retry was told
 /// FENCED ("you no longer hold it: stop writing with its fence"), for a lock
-/// that was never granted. `StateMachine::replay` answers a recorded
-/// `Waiting` reply whose lock has ended with `gone_error`.
-/// Fixed in 6360f45 ("idempotent retries of waiting requests join the wait
-/// and then get its outcome"); kept as a regression test.
+/// that was never granted. Fixed in 6360f45 (the retry got the waiter's
+/// answer); since a wait that ends without applying leaves no idempotency
+/// record, the retry runs again and queues anew. Kept as a regression test:
+/// never FENCED for a lock that was never granted.
 #[test]
 fn a_retried_lock_wait_that_timed_out_replays_the_waiters_answer() {
     let acquire = |wait_ms| {
@@ -94,10 +95,10 @@ fn a_retried_lock_wait_that_timed_out_replays_the_waiters_answer() {
     let timed_out = machine.apply(3, 1_200, &Command::tick());
     let told = timed_out.wakeups[0].reply.as_ref().unwrap_err().code;
     assert_eq!(told, ErrorCode::ConcurrentModification);
-    let retry = machine.apply(4, 1_300, &wait).reply;
-    assert_eq!(
-        retry.unwrap_err().code,
-        told,
-        "the retry is told what the waiter was told"
-    );
+    let retry = machine.apply(4, 1_300, &wait);
+    let Ok(Response::Lock(queued)) = &retry.reply else {
+        panic!("the retry runs again: {:?}", retry.reply);
+    };
+    assert_eq!(queued.status, LockStatus::Waiting);
+    assert_eq!(retry.pending, Some(queued.lock_id), "queued anew");
 }
