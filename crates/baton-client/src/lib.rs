@@ -573,7 +573,8 @@ impl Client {
             parser: sse::SseParser::new(),
             ready: std::collections::VecDeque::new(),
             url,
-            next_revision: from_revision,
+            resume_revision: from_revision,
+            resume_repeats: false,
             done: false,
         };
         Ok(futures_util::stream::unfold(state, WatchState::next).boxed())
@@ -913,8 +914,14 @@ struct WatchState<S> {
     parser: sse::SseParser,
     ready: std::collections::VecDeque<sse::SseMessage>,
     url: String,
-    /// The revision to resume from, for the messages of a final error.
-    next_revision: Option<u64>,
+    /// The revision to resume from, for the messages of a final error: the
+    /// last event's own revision, not the next one. A revision's events
+    /// (a release and the grant it makes) may be cut apart by a broken
+    /// stream; resuming after it would skip the rest, so those already
+    /// received may come again instead.
+    resume_revision: Option<u64>,
+    /// Whether an event of `resume_revision` was received already.
+    resume_repeats: bool,
     done: bool,
 }
 
@@ -971,7 +978,8 @@ where
         match message.event.as_str() {
             "baton" | "message" => match serde_json::from_str::<Event>(&message.data) {
                 Ok(event) => {
-                    self.next_revision = Some(event.revision + 1);
+                    self.resume_revision = Some(event.revision);
+                    self.resume_repeats = true;
                     Some(Ok(event))
                 }
                 Err(e) => {
@@ -994,9 +1002,14 @@ where
     }
 
     fn resume_hint(&self) -> String {
-        match self.next_revision {
-            Some(revision) => format!("watch again with from_revision {revision} to miss nothing"),
-            None => "watch again to go on".to_string(),
+        match (self.resume_revision, self.resume_repeats) {
+            (Some(revision), true) => format!(
+                "watch again with from_revision {revision} to miss nothing (the events of revision {revision} received so far come again)"
+            ),
+            (Some(revision), false) => {
+                format!("watch again with from_revision {revision} to miss nothing")
+            }
+            (None, _) => "watch again to go on".to_string(),
         }
     }
 }

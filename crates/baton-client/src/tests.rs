@@ -155,6 +155,43 @@ fn cut_off_uses_the_servers_error_when_it_sends_one() {
     assert!(plain.message.contains("from_revision 8"));
 }
 
+/// A stream that breaks inside a revision (a release and the grant it made
+/// share one) must not be resumed after it: the hint names the last event's
+/// own revision, so the rest of it is not skipped.
+#[test]
+fn a_broken_watch_resumes_at_the_last_events_revision() {
+    let mut state = WatchState {
+        bytes: futures_util::stream::empty::<Result<bytes::Bytes, transport::Failure>>(),
+        parser: sse::SseParser::new(),
+        ready: std::collections::VecDeque::new(),
+        url: "http://h".into(),
+        resume_revision: Some(5),
+        resume_repeats: false,
+        done: false,
+    };
+    assert_eq!(
+        state.resume_hint(),
+        "watch again with from_revision 5 to miss nothing"
+    );
+    let event = json!({
+        "revision": 7, "time": 1, "agent": "a", "kind": "lock_released",
+        "keys": ["k/a"], "outcome": "ok"
+    });
+    let message = sse::SseMessage {
+        event: "baton".into(),
+        id: Some("7.0".into()),
+        data: event.to_string(),
+    };
+    assert_eq!(state.item(message).unwrap().unwrap().revision, 7);
+    assert!(
+        state
+            .resume_hint()
+            .starts_with("watch again with from_revision 7 "),
+        "{}",
+        state.resume_hint()
+    );
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable_and_named() {
     // Bind then drop: nothing listens on this port any more.
@@ -372,7 +409,7 @@ async fn watch_streams_events_and_ends_with_the_cut_off_error() {
     assert_eq!(items[1].as_ref().unwrap().revision, 6);
     let error = items[2].as_ref().unwrap_err();
     assert!(
-        error.message.contains("from_revision 7"),
+        error.message.contains("from_revision 6 "),
         "{}",
         error.message
     );
