@@ -47,6 +47,10 @@ const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// unit truncation deletes, and a restart scans the ones after the snapshot.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// The frame buffer is reused across appends up to this size; one grown
+/// past it by a large batch is let go after that append.
+const KEPT_FRAME_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// Zeros are written this far ahead of the active segment's last frame, so
 /// that an append's fdatasync flushes data only: an append that grows the
 /// file also commits its new size to the file system's journal (measured
@@ -773,7 +777,12 @@ impl FileLog {
             segment.file.write_all_at(&self.frame, segment.len)?;
             segment.file.sync_data()
         };
-        write().map_err(io_error("appending to log segment", &segment.path))?;
+        let written = write().map_err(io_error("appending to log segment", &segment.path));
+        // One large batch must not keep its frame's memory for good.
+        if self.frame.capacity() > KEPT_FRAME_BUFFER_BYTES {
+            self.frame = Vec::new();
+        }
+        written?;
         segment.allocated = allocated;
         index_frame(&mut segment.index, first_seq, segment.len);
         segment.len = end;
@@ -1032,6 +1041,22 @@ impl SnapshotStore for SnapshotFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One large batch does not keep its frame's memory: the buffer is let
+    /// go after the append, and small appends reuse a small one.
+    #[test]
+    fn a_large_frame_buffer_is_let_go_after_its_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = FileLog::open(dir.path()).unwrap();
+        log.append(&[vec![1; 100]]).unwrap();
+        assert!(log.frame.capacity() > 0, "small frames reuse the buffer");
+        log.append(&[vec![2; 2 * KEPT_FRAME_BUFFER_BYTES]]).unwrap();
+        assert_eq!(log.frame.capacity(), 0);
+        assert_eq!(
+            log.read_from(2, 1).unwrap()[0].data.len(),
+            2 * KEPT_FRAME_BUFFER_BYTES
+        );
+    }
 
     #[test]
     fn frames_round_trip() {

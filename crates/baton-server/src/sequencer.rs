@@ -24,6 +24,10 @@ use crate::ServeConfig;
 use crate::events::EventLog;
 use crate::metrics_names as m;
 
+/// The most encoded bytes one commit (one log frame) holds when it holds
+/// more than one command: a larger batch is committed in parts.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
 /// How often the writer looks for waiters whose HTTP client went away, while
 /// any wait is pending.
 const DISCONNECT_SCAN_INTERVAL: Duration = Duration::from_millis(50);
@@ -600,6 +604,17 @@ impl Writer {
             .iter()
             .map(|(command, _)| encode_record(now, command))
             .collect();
+        if batch.len() > 1 && entries.iter().map(Vec::len).sum::<usize>() > MAX_BATCH_BYTES {
+            // Counted commands can still be large ones (4,096 bodies of 2 MB):
+            // commit in halves, each its own frame, rather than one frame
+            // holding them all again.
+            drop(entries);
+            let mut first = batch;
+            let second = first.split_off(first.len() / 2);
+            self.write_batch(first, now);
+            self.write_batch(second, now);
+            return;
+        }
         let started = Instant::now();
         let appended = self.log.append(&entries);
         metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
@@ -934,5 +949,106 @@ mod tests {
         assert_eq!(waited, Err(RecvTimeoutError::Timeout));
         assert!(started.elapsed() >= Duration::from_millis(20));
         assert!(started.elapsed() < LONG);
+    }
+
+    /// A log over [`MemLog`] whose first append waits for the test's go, and
+    /// that records every append as (entries, bytes).
+    struct GatedLog {
+        inner: baton_log::MemLog,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+        appends: Arc<Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl Log for GatedLog {
+        fn append(
+            &mut self,
+            batch: &[Vec<u8>],
+        ) -> Result<std::ops::RangeInclusive<u64>, baton_log::LogError> {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            let bytes = batch.iter().map(Vec::len).sum();
+            self.appends.lock().unwrap().push((batch.len(), bytes));
+            self.inner.append(batch)
+        }
+        fn read_from(
+            &self,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<baton_log::Entry>, baton_log::LogError> {
+            self.inner.read_from(from, max)
+        }
+        fn last_seq(&self) -> Result<u64, baton_log::LogError> {
+            self.inner.last_seq()
+        }
+        fn first_seq(&self) -> Result<u64, baton_log::LogError> {
+            self.inner.first_seq()
+        }
+        fn save_snapshot(
+            &mut self,
+            snapshot: &baton_log::Snapshot,
+        ) -> Result<(), baton_log::LogError> {
+            self.inner.save_snapshot(snapshot)
+        }
+        fn load_snapshot(&self) -> Result<Option<baton_log::Snapshot>, baton_log::LogError> {
+            self.inner.load_snapshot()
+        }
+        fn truncate_before(&mut self, seq: u64) -> Result<(), baton_log::LogError> {
+            self.inner.truncate_before(seq)
+        }
+    }
+
+    /// Commands queued behind a slow commit form one batch, whatever their
+    /// size: 40 puts of 1 MB are committed in parts of at most
+    /// MAX_BATCH_BYTES (a part of one command may be larger), all applied.
+    #[tokio::test]
+    async fn a_batch_of_large_commands_is_committed_in_parts() {
+        let (go, gate) = sync_channel(1);
+        let appends = Arc::new(Mutex::new(Vec::new()));
+        let log = GatedLog {
+            inner: baton_log::MemLog::new(),
+            gate: Some(gate),
+            appends: appends.clone(),
+        };
+        let sequencer = Sequencer::start(Box::new(log), &ServeConfig::default()).unwrap();
+        let put = |key: String| {
+            let value = serde_json::Value::String("x".repeat(1_000_000));
+            Command::new(
+                "a",
+                Op::Put {
+                    key,
+                    value,
+                    if_version: None,
+                    if_absent: false,
+                    ttl_ms: None,
+                },
+            )
+        };
+        let mut pending: Vec<_> = (0..41)
+            .map(|i| Box::pin(sequencer.submit(put(format!("big/{i}")))))
+            .collect();
+        // The first poll queues each one: the first commit waits at the gate
+        // while the rest line up behind it.
+        for submit in &mut pending {
+            assert!(futures_util::poll!(submit.as_mut()).is_pending());
+        }
+        go.send(()).unwrap();
+        for submit in pending {
+            submit.await.expect("applied");
+        }
+        let appends = appends.lock().unwrap().clone();
+        assert_eq!(appends.iter().map(|(n, _)| n).sum::<usize>(), 41);
+        for (entries, bytes) in &appends {
+            assert!(*entries == 1 || *bytes <= MAX_BATCH_BYTES, "{appends:?}");
+        }
+        assert!(
+            appends.len() >= 3,
+            "40 MB in parts of at most 16 MB: {appends:?}"
+        );
+        // Off the runtime: shutdown blocks until the writer has stopped.
+        std::thread::spawn(move || sequencer.shutdown())
+            .join()
+            .unwrap()
+            .unwrap();
     }
 }
