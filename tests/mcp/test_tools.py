@@ -237,6 +237,20 @@ async def test_errors_say_what_to_do(baton, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_retried_lock_acquire_with_its_key_takes_one_lock(baton, transport):
+    n = ns()
+    async with connect(baton, transport) as a:
+        first = await ok(a, "lock_acquire", keys=[f"{n}/l"], ttl_ms=60000, idempotency_key=f"{n}-a")
+        again = await ok(a, "lock_acquire", keys=[f"{n}/l"], ttl_ms=60000, idempotency_key=f"{n}-a")
+        assert again["lock_id"] == first["lock_id"] and again["fence_token"] == first["fence_token"]
+        assert [l["lock_id"] for l in (await ok(a, "held"))["locks"]] == [first["lock_id"]]
+        # Without the key, a second acquire of a held key is refused (own deadlock).
+        assert (await fails(a, "lock_acquire", keys=[f"{n}/l"], ttl_ms=60000)).code in ("DEADLOCK", "CONCURRENT_MODIFICATION")
+        bad = await fails(a, "lock_acquire", keys=[f"{n}/m"], idempotency_key="")
+        assert bad.code == "INVALID_ARGUMENT" and "idempotency_key" in bad.error["message"], bad.error
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_a_write_releases_the_lock_it_was_made_under(baton, transport):
     n = ns()
     async with connect(baton, transport) as a, connect(baton, transport) as b:

@@ -200,7 +200,7 @@ impl BatonMcp {
     // ---- locks and fencing ----
 
     async fn lock_acquire(&self, args: LockAcquireArgs) -> Result<Done, Error> {
-        let client = self.client().await?;
+        let client = self.writer(&None, &args.idempotency_key).await?;
         let mut request = match args.mode {
             ModeArg::Exclusive => LockRequest::exclusive(args.keys),
             ModeArg::Shared => LockRequest::shared(args.keys),

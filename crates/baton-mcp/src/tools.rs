@@ -95,6 +95,11 @@ pub struct LockAcquireArgs {
     /// before changing what you locked.
     #[serde(default)]
     pub read: bool,
+    /// Any unique string: a retry with the same key (after your MCP client
+    /// timed out, say) does not take a second lock; it gets the first
+    /// request's grant, or joins its wait.
+    #[schemars(length(min = 1, max = MAX_IDEMPOTENCY_KEY_BYTES))]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -745,7 +750,8 @@ impl Check for LockAcquireArgs {
         }
         range("wait_ms", self.wait_ms, 0, MAX_WAIT_MS)?;
         opt_range("ttl_ms", self.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)?;
-        range("lock_delay_ms", self.lock_delay_ms, 0, 60_000)
+        range("lock_delay_ms", self.lock_delay_ms, 0, 60_000)?;
+        mutation(&None, &self.idempotency_key)
     }
 }
 
