@@ -709,15 +709,24 @@ fn check_after(machine: &StateMachine, watch: &mut Watch, applied: Applied) {
             None => watch.versions.remove(key),
         };
     }
-    // A counter add never crosses its bounds.
-    let check_counter = |value: i64, min: Option<i64>, max: Option<i64>| {
+    // A counter add never crosses its bounds: it ends within them, or, if
+    // the counter was already past one, no further past it than before.
+    let check_counter = |value: i64, delta: i64, min: Option<i64>, max: Option<i64>| {
+        let above = max.is_some_and(|m| value > m);
+        let below = min.is_some_and(|m| value < m);
         assert!(
-            min.is_none_or(|m| value >= m) && max.is_none_or(|m| value <= m),
-            "counter {value} outside [{min:?}, {max:?}]"
+            (!above || delta <= 0) && (!below || delta >= 0),
+            "counter {value} (after adding {delta}) outside [{min:?}, {max:?}]"
         );
     };
-    if let (Op::CounterAdd { min, max, .. }, Ok(Response::Counter(result))) = (&command.op, reply) {
-        check_counter(result.value, *min, *max);
+    if let (
+        Op::CounterAdd {
+            delta, min, max, ..
+        },
+        Ok(Response::Counter(result)),
+    ) = (&command.op, reply)
+    {
+        check_counter(result.value, *delta, *min, *max);
     }
     if let (Op::Txn(txn), Ok(Response::Txn(result))) = (&command.op, reply) {
         let branch = if result.succeeded {
@@ -726,10 +735,14 @@ fn check_after(machine: &StateMachine, watch: &mut Watch, applied: Applied) {
             &txn.failure
         };
         for (op, result) in branch.iter().zip(&result.results) {
-            if let (TxnOp::CounterAdd { min, max, .. }, TxnOpResult::Counter(counter)) =
-                (op, result)
+            if let (
+                TxnOp::CounterAdd {
+                    delta, min, max, ..
+                },
+                TxnOpResult::Counter(counter),
+            ) = (op, result)
             {
-                check_counter(counter.value, *min, *max);
+                check_counter(counter.value, *delta, *min, *max);
             }
         }
     }
