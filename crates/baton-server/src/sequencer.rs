@@ -951,15 +951,27 @@ mod tests {
         assert!(started.elapsed() < LONG);
     }
 
-    /// A log over [`MemLog`] whose first append waits for the test's go, and
-    /// that records every append as (entries, bytes).
-    struct GatedLog {
-        inner: baton_log::MemLog,
+    /// A log over a shared [`MemLog`] (a second sequencer started on it is a
+    /// restart) whose first append may wait for the test's go, and that
+    /// records every append as (entries, bytes).
+    #[derive(Default)]
+    struct TestLog {
+        inner: Arc<Mutex<baton_log::MemLog>>,
         gate: Option<std::sync::mpsc::Receiver<()>>,
         appends: Arc<Mutex<Vec<(usize, usize)>>>,
     }
 
-    impl Log for GatedLog {
+    impl TestLog {
+        /// Another handle on the same log, as a restarted server opens it.
+        fn reopen(&self) -> TestLog {
+            TestLog {
+                inner: self.inner.clone(),
+                ..TestLog::default()
+            }
+        }
+    }
+
+    impl Log for TestLog {
         fn append(
             &mut self,
             batch: &[Vec<u8>],
@@ -969,33 +981,93 @@ mod tests {
             }
             let bytes = batch.iter().map(Vec::len).sum();
             self.appends.lock().unwrap().push((batch.len(), bytes));
-            self.inner.append(batch)
+            self.inner.lock().unwrap().append(batch)
         }
         fn read_from(
             &self,
             from: u64,
             max: usize,
         ) -> Result<Vec<baton_log::Entry>, baton_log::LogError> {
-            self.inner.read_from(from, max)
+            self.inner.lock().unwrap().read_from(from, max)
         }
         fn last_seq(&self) -> Result<u64, baton_log::LogError> {
-            self.inner.last_seq()
+            self.inner.lock().unwrap().last_seq()
         }
         fn first_seq(&self) -> Result<u64, baton_log::LogError> {
-            self.inner.first_seq()
+            self.inner.lock().unwrap().first_seq()
         }
         fn save_snapshot(
             &mut self,
             snapshot: &baton_log::Snapshot,
         ) -> Result<(), baton_log::LogError> {
-            self.inner.save_snapshot(snapshot)
+            self.inner.lock().unwrap().save_snapshot(snapshot)
         }
         fn load_snapshot(&self) -> Result<Option<baton_log::Snapshot>, baton_log::LogError> {
-            self.inner.load_snapshot()
+            self.inner.lock().unwrap().load_snapshot()
         }
         fn truncate_before(&mut self, seq: u64) -> Result<(), baton_log::LogError> {
-            self.inner.truncate_before(seq)
+            self.inner.lock().unwrap().truncate_before(seq)
         }
+    }
+
+    fn acquire(agent: &str, ttl_ms: u64, wait_ms: u64) -> Command {
+        Command::new(
+            agent,
+            Op::LockAcquire(baton_core::LockAcquire {
+                keys: vec!["w/k".into()],
+                mode: baton_core::LockMode::Exclusive,
+                ttl_ms: Some(ttl_ms),
+                wait_ms,
+                lock_delay_ms: 0,
+                read: false,
+            }),
+        )
+    }
+
+    /// Stops the sequencer off the runtime: shutdown blocks until the
+    /// writer has stopped.
+    fn stop(sequencer: Sequencer) {
+        std::thread::spawn(move || sequencer.shutdown())
+            .join()
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A lock request still waiting, its caller still attached, when the
+    /// writer drains for shutdown is answered UNAVAILABLE and withdrawn in
+    /// the log: the restarted state holds no wait to grant to nobody.
+    #[tokio::test]
+    async fn a_wait_pending_at_shutdown_is_withdrawn_in_the_log() {
+        let log = TestLog::default();
+        let sequencer =
+            Arc::new(Sequencer::start(Box::new(log.reopen()), &ServeConfig::default()).unwrap());
+        sequencer
+            .submit(acquire("holder", 60_000, 0))
+            .await
+            .unwrap();
+        let mut waiting = Box::pin(sequencer.submit(acquire("waiter", 60_000, 60_000)));
+        // Queued in the writer's channel ahead of the shutdown request.
+        assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+        let stopping = {
+            let sequencer = sequencer.clone();
+            std::thread::spawn(move || sequencer.shutdown())
+        };
+        let told = waiting.await.unwrap_err();
+        assert_eq!(told.code, ErrorCode::Unavailable, "{told:?}");
+        stopping.join().unwrap().unwrap();
+
+        let restarted = Sequencer::start(Box::new(log.reopen()), &ServeConfig::default()).unwrap();
+        let waits = restarted
+            .shared()
+            .machine
+            .read()
+            .unwrap()
+            .waiting_requests();
+        assert!(
+            waits.is_empty(),
+            "still queued after the restart: {waits:?}"
+        );
+        stop(restarted);
     }
 
     /// Commands queued behind a slow commit form one batch, whatever their
@@ -1005,10 +1077,10 @@ mod tests {
     async fn a_batch_of_large_commands_is_committed_in_parts() {
         let (go, gate) = sync_channel(1);
         let appends = Arc::new(Mutex::new(Vec::new()));
-        let log = GatedLog {
-            inner: baton_log::MemLog::new(),
+        let log = TestLog {
             gate: Some(gate),
             appends: appends.clone(),
+            ..TestLog::default()
         };
         let sequencer = Sequencer::start(Box::new(log), &ServeConfig::default()).unwrap();
         let put = |key: String| {
@@ -1045,10 +1117,6 @@ mod tests {
             appends.len() >= 3,
             "40 MB in parts of at most 16 MB: {appends:?}"
         );
-        // Off the runtime: shutdown blocks until the writer has stopped.
-        std::thread::spawn(move || sequencer.shutdown())
-            .join()
-            .unwrap()
-            .unwrap();
+        stop(sequencer);
     }
 }
