@@ -15,7 +15,11 @@
 //! - A new request whose wait would close a cycle in the wait-for graph is
 //!   refused with DEADLOCK and the cycle; nothing else changes. Grants never
 //!   add wait-for edges (later waiters already waited on earlier ones), so
-//!   checking at request time finds every cycle.
+//!   checking at request time finds every cycle. A cycle is a deadlock only
+//!   if its waits could really never end: a request queued ahead needs only
+//!   to be granted, not to release, unless its mode conflicts, and a
+//!   semaphore waiter needs only enough of its holders to release, not all
+//!   of them.
 
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
@@ -289,7 +293,7 @@ impl StateMachine {
         // Only a party that already holds or awaits something can be waited
         // on, so only then can its wait close a cycle (the common case skips this).
         let cycle = if self.party_locks.contains_key(&party) {
-            self.find_cycle(&party, &blockers)
+            self.find_deadlock(seq, &party, &lock, &blockers)
         } else {
             None
         };
@@ -815,17 +819,47 @@ impl StateMachine {
 
     /// Breadth-first search of the wait-for graph from the parties that block
     /// a new request back to its own party. Returns the cycle's steps.
-    fn find_cycle(
+    /// The cycle `requester`'s wait for `lock` (to be lock `seq`) would
+    /// close, if that wait could never end. First the wait-for graph with
+    /// every blocker as a must-release edge: cheap, and a cycle in it is
+    /// necessary for a deadlock. Then `stuck_waits` decides exactly: a
+    /// request queued ahead only needs to be granted, not to release, unless
+    /// its mode conflicts; and a semaphore needs only enough of its holders
+    /// to release, not all of them.
+    fn find_deadlock(
+        &self,
+        seq: u64,
+        requester: &Party,
+        lock: &Lock,
+        blockers: &[(String, u64)],
+    ) -> Option<Vec<serde_json::Value>> {
+        let (cycle, reached) = self.search_cycle(requester, blockers, None);
+        let cycle = cycle?;
+        let (waits, parties) = self.stuck_waits(seq, requester, lock, reached);
+        if !waits.contains(&seq) {
+            return None;
+        }
+        // Describe the cycle through parties that are really stuck.
+        let (within, _) = self.search_cycle(requester, blockers, Some(&parties));
+        Some(within.unwrap_or(cycle))
+    }
+
+    /// Breadth-first over the wait-for graph from `requester`'s blockers
+    /// (only through `within`, if given): the cycle back to `requester`,
+    /// if any, and every party reached.
+    fn search_cycle(
         &self,
         requester: &Party,
         blockers: &[(String, u64)],
-    ) -> Option<Vec<serde_json::Value>> {
+        within: Option<&BTreeSet<Party>>,
+    ) -> (Option<Vec<serde_json::Value>>, BTreeSet<Party>) {
+        let allowed = |party: &Party| within.is_none_or(|set| set.contains(party));
         // parent[party] = (previous party, key, blocking lock id): how we reached it.
         let mut parent: BTreeMap<Party, (Party, String, u64)> = BTreeMap::new();
         let mut frontier: Vec<Party> = Vec::new();
         for (key, id) in blockers {
             let party = self.locks[id].party();
-            if !parent.contains_key(&party) {
+            if allowed(&party) && !parent.contains_key(&party) {
                 parent.insert(party.clone(), (requester.clone(), key.clone(), *id));
                 frontier.push(party);
             }
@@ -834,19 +868,13 @@ impl StateMachine {
             let mut next = Vec::new();
             for party in frontier {
                 if &party == requester {
-                    return Some(self.cycle_steps(requester, &parent));
+                    let steps = self.cycle_steps(requester, &parent);
+                    return (Some(steps), parent.into_keys().collect());
                 }
-                let Some(mine) = self.party_locks.get(&party) else {
-                    continue;
-                };
-                for id in mine {
-                    let lock = &self.locks[id];
-                    if lock.is_held() {
-                        continue;
-                    }
-                    for (key, blocker) in self.blockers(lock, Some(*id)) {
+                for (id, lock) in self.waits_of(&party) {
+                    for (key, blocker) in self.blockers(lock, Some(id)) {
                         let blocking_party = self.locks[&blocker].party();
-                        if !parent.contains_key(&blocking_party) {
+                        if allowed(&blocking_party) && !parent.contains_key(&blocking_party) {
                             parent.insert(blocking_party.clone(), (party.clone(), key, blocker));
                             next.push(blocking_party);
                         }
@@ -855,7 +883,104 @@ impl StateMachine {
             }
             frontier = next;
         }
-        None
+        (None, parent.into_keys().collect())
+    }
+
+    /// A party's locks that are waiting, with their ids.
+    fn waits_of<'a>(&'a self, party: &Party) -> impl Iterator<Item = (u64, &'a Lock)> + 'a {
+        self.party_locks
+            .get(party)
+            .into_iter()
+            .flatten()
+            .map(|id| (*id, &self.locks[id]))
+            .filter(|(_, lock)| !lock.is_held())
+    }
+
+    /// The waits of `candidates` and `requester` (waiting for `lock`, as
+    /// lock `seq`, besides its other waits) that could never be granted,
+    /// and the parties that own them. A party with a wait that never ends
+    /// is taken never to release what it holds; every other party is taken
+    /// to end its waits and release eventually. The largest such set: start
+    /// from every wait and drop those not `blocked_by` the rest until none
+    /// drops.
+    fn stuck_waits(
+        &self,
+        seq: u64,
+        requester: &Party,
+        lock: &Lock,
+        candidates: BTreeSet<Party>,
+    ) -> (BTreeSet<u64>, BTreeSet<Party>) {
+        let mut waits: BTreeMap<u64, (&Lock, Option<u64>)> = BTreeMap::new();
+        waits.insert(seq, (lock, None));
+        for party in candidates.iter().chain([requester]) {
+            for (id, wait) in self.waits_of(party) {
+                waits.insert(id, (wait, Some(id)));
+            }
+        }
+        let mut stuck: BTreeSet<u64> = waits.keys().copied().collect();
+        loop {
+            let parties: BTreeSet<Party> = stuck.iter().map(|id| waits[id].0.party()).collect();
+            let still: BTreeSet<u64> = stuck
+                .iter()
+                .copied()
+                .filter(|id| {
+                    let (wait, queued_as) = waits[id];
+                    self.blocked_by(wait, queued_as, &stuck, &parties)
+                })
+                .collect();
+            if still.len() == stuck.len() {
+                return (still, parties);
+            }
+            stuck = still;
+        }
+    }
+
+    /// Whether `lock` (queued as `queued_as`) could never be granted if the
+    /// `stuck` waits are never granted and the `parties` never release:
+    /// - on a plain key, a conflicting holder is one of the parties, or a
+    ///   conflicting request ahead is stuck or one of the parties (it must
+    ///   be granted and then release);
+    /// - on a semaphore, a request ahead is stuck (FIFO), or the permits
+    ///   the parties hold or will be granted ahead of it leave too few even
+    ///   after everyone else has released.
+    fn blocked_by(
+        &self,
+        lock: &Lock,
+        queued_as: Option<u64>,
+        stuck: &BTreeSet<u64>,
+        parties: &BTreeSet<Party>,
+    ) -> bool {
+        let kept = |id: &u64| parties.contains(&self.locks[id].party());
+        let ahead = |state: &'_ KeyLocks| {
+            state
+                .waiters
+                .iter()
+                .copied()
+                .take_while(move |id| Some(*id) != queued_as)
+                .collect::<Vec<u64>>()
+        };
+        lock.keys.iter().any(|key| {
+            let Some(state) = self.lock_keys.get(key) else {
+                return false;
+            };
+            let ahead = ahead(state);
+            if let (Some(permits), Some(capacity)) = (lock.permits, state.capacity) {
+                let kept_permits: u64 = state
+                    .holders
+                    .iter()
+                    .chain(&ahead)
+                    .filter(|id| kept(id))
+                    .filter_map(|id| self.locks[id].permits)
+                    .sum();
+                return ahead.iter().any(|id| stuck.contains(id))
+                    || kept_permits + permits > capacity;
+            }
+            let conflicts = |id: &u64| !self.locks[id].mode.compatible(lock.mode);
+            state.holders.iter().any(|id| conflicts(id) && kept(id))
+                || ahead
+                    .iter()
+                    .any(|id| conflicts(id) && (stuck.contains(id) || kept(id)))
+        })
     }
 
     fn cycle_steps(

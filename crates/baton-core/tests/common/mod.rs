@@ -35,6 +35,17 @@ impl Harness {
         }
     }
 
+    /// A copy of the machine at this point, to try things on.
+    pub fn clone_machine(&self) -> Harness {
+        Harness {
+            machine: self.machine.clone(),
+            seq: self.seq,
+            time: self.time,
+            events: Vec::new(),
+            wakeups: Vec::new(),
+        }
+    }
+
     pub fn run(&mut self, command: Command) -> Reply {
         self.seq += 1;
         let out = self.machine.apply(self.seq, self.time, &command);
