@@ -42,7 +42,7 @@ pub const MAX_SEMAPHORE_CAPACITY: u64 = 1_000_000;
 const DEFAULT_RETRY_AFTER_MS: u64 = 1000;
 /// How long keys granted and freed in the same step wait before their next
 /// grant: any delay moves that grant to a later command, and so a new token.
-const SAME_STEP_REGRANT_DELAY_MS: u64 = 1;
+pub(crate) const SAME_STEP_REGRANT_DELAY_MS: u64 = 1;
 
 impl StateMachine {
     /// Whether `command` is a blocking lock request on a key that is held or

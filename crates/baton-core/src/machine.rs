@@ -1070,6 +1070,7 @@ impl StateMachine {
         for wait in rate_waits {
             self.fail_rate_wait(wait, ended("rate wait", wait), fx);
         }
+        self.end_session_claims(seq, id, reason, fx);
         self.remember_end(id, EndedKind::Session, reason);
         let kind = match reason {
             EndReason::Expired => EventKind::SessionExpired,

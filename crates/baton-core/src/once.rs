@@ -4,10 +4,11 @@
 //! `max_age`. When it is stale (or absent), the first caller gets a claim
 //! (with a fencing token and a TTL) and refreshes; everyone else waits,
 //! bounded, for the value the claimant then fulfils, instead of refreshing
-//! too. If the claimant abandons its claim or the claim expires, the next
-//! waiter in line gets the claim. So exactly one refresh runs per staleness
-//! period, however many agents ask. The value lives in an ordinary state key;
-//! the previous value stays readable in that key's history (rotating tokens).
+//! too. If the claimant abandons its claim, the claim expires, or the
+//! session it was taken in ends, the next waiter in line gets the claim. So
+//! exactly one refresh runs per staleness period, however many agents ask.
+//! The value lives in an ordinary state key; the previous value stays
+//! readable in that key's history (rotating tokens).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -17,7 +18,9 @@ use std::sync::Arc;
 use crate::command::Command;
 use crate::error::{Error, ErrorCode};
 use crate::event::EventKind;
+use crate::locks::SAME_STEP_REGRANT_DELAY_MS;
 use crate::machine::{Deadline, Effects, StateMachine, Wakeup};
+use crate::reply::EndReason;
 use crate::reply::{OnceResult, Reply, Response};
 use crate::validate;
 
@@ -139,7 +142,12 @@ impl StateMachine {
             return Ok(Response::Once(fresh));
         }
         let state = self.onces.get(key);
-        let Some(claim) = state.and_then(|s| s.claim.clone()) else {
+        let claim = state.and_then(|s| s.claim.clone());
+        let queued = state.map_or(0, |s| s.waiters.len());
+        // No claim but callers in line: a claim ended in the step that
+        // granted it passes to the head of the line shortly (`pass_claim`),
+        // and a newcomer does not jump the line.
+        if claim.is_none() && queued == 0 {
             return Ok(Response::Once(self.grant_claim(
                 seq,
                 key,
@@ -148,11 +156,12 @@ impl StateMachine {
                 claim_ttl_ms,
                 fx,
             )));
-        };
+        }
         // The same session asking again would wait for itself. Without a
         // session, two processes of one agent are told apart by nothing, so
         // the second simply waits like anyone else.
-        if claim.agent == command.agent
+        if let Some(claim) = &claim
+            && claim.agent == command.agent
             && claim.session.is_some()
             && claim.session == command.session
         {
@@ -162,16 +171,28 @@ impl StateMachine {
             )
             .with_details(json!({ "claim_id": claim.id })));
         }
-        let retry_after_ms = claim.expires_at.saturating_sub(self.now).max(1);
+        let retry_after_ms = claim.as_ref().map_or(SAME_STEP_REGRANT_DELAY_MS, |claim| {
+            claim.expires_at.saturating_sub(self.now).max(1)
+        });
         if wait_ms == 0 {
+            let what = match &claim {
+                Some(claim) => format!(
+                    "agent {:?} is refreshing {key:?} (claim {})",
+                    claim.agent, claim.id
+                ),
+                None => format!("the refresh of {key:?} is passing to the next caller in line"),
+            };
             return Err(Error::new(
                 ErrorCode::ConcurrentModification,
-                format!("agent {:?} is refreshing {key:?} (claim {}); wait for its value, retry after {retry_after_ms} ms at most", claim.agent, claim.id),
+                format!("{what}; wait for its value, retry after {retry_after_ms} ms at most"),
             )
             .with_retry_after(retry_after_ms)
-            .with_details(json!({ "key": key, "claimant": claim.agent, "claim_id": claim.id })));
+            .with_details(json!({
+                "key": key,
+                "claimant": claim.as_ref().map(|c| &c.agent),
+                "claim_id": claim.as_ref().map(|c| c.id),
+            })));
         }
-        let queued = state.map_or(0, |s| s.waiters.len());
         if queued >= self.limits.max_waiters_per_key {
             return Err(Error::new(
                 ErrorCode::QuotaExceeded,
@@ -203,7 +224,7 @@ impl StateMachine {
             value: None,
             version: None,
             age_ms: None,
-            claim_id: Some(claim.id),
+            claim_id: claim.map(|c| c.id),
             expires_at: Some(deadline),
         }))
     }
@@ -303,12 +324,21 @@ impl StateMachine {
             None,
             Deadline::OnceClaim(key.to_string()),
         );
-        self.pass_claim(seq, key, fx);
+        self.pass_claim(seq, key, claim.id, fx);
         Ok(Response::Empty {})
     }
 
-    /// A claim ended without a value: hand it to the next waiter, if any.
-    fn pass_claim(&mut self, seq: u64, key: &str, fx: &mut Effects) {
+    /// Claim `ended` ended without a value: hand the claim to the next
+    /// waiter, if any. A claim's id is also its fence: the seq of the
+    /// command that granted it. So a claim ended in the step that granted it
+    /// (its session killed by the command whose deadlines passed it on)
+    /// passes on a millisecond later, in a later command, with a new id.
+    fn pass_claim(&mut self, seq: u64, key: &str, ended: u64, fx: &mut Effects) {
+        if ended == seq && self.onces.get(key).is_some_and(|s| !s.waiters.is_empty()) {
+            let at = self.now.saturating_add(SAME_STEP_REGRANT_DELAY_MS);
+            self.set_deadline(None, Some(at), Deadline::OnceClaim(key.to_string()));
+            return;
+        }
         while let Some(id) = self.onces.get_mut(key).and_then(|s| s.waiters.pop_front()) {
             let Some(waiter) = self.once_waiters.remove(&id) else {
                 continue;
@@ -331,10 +361,19 @@ impl StateMachine {
         self.forget_idle_once(key);
     }
 
+    /// A claim's deadline: it expires, or a pass put off by `pass_claim`
+    /// is due.
     pub(crate) fn expire_claim(&mut self, seq: u64, key: &str, fx: &mut Effects) {
-        let Some(claim) = self.onces.get_mut(key).and_then(|s| s.claim.take()) else {
+        let Some(state) = self.onces.get_mut(key) else {
             return;
         };
+        match &state.claim {
+            None => return self.pass_claim(seq, key, 0, fx),
+            // A put-off pass due after a newcomer claimed an idle key anew.
+            Some(claim) if claim.expires_at > self.now => return,
+            Some(_) => {}
+        }
+        let claim = state.claim.take().expect("matched above");
         let mut event = self.event(
             seq,
             &claim.agent,
@@ -345,7 +384,59 @@ impl StateMachine {
         event.fence_token = Some(claim.id);
         event.detail = Some(json!({ "claim_id": claim.id, "reason": "once claim expired" }));
         fx.events.push(event);
-        self.pass_claim(seq, key, fx);
+        self.pass_claim(seq, key, claim.id, fx);
+    }
+
+    /// A session's refresh claims end with it, as its locks do: the next
+    /// waiter gets the claim now rather than after the claim's TTL, and a
+    /// late fulfil from the ended claimant is FENCED. A close gives the
+    /// claim up as an abandon does; an expiry or a kill takes it away.
+    pub(crate) fn end_session_claims(
+        &mut self,
+        seq: u64,
+        session: u64,
+        reason: EndReason,
+        fx: &mut Effects,
+    ) {
+        let keys: Vec<String> = self
+            .onces
+            .iter()
+            .filter(|(_, state)| {
+                state
+                    .claim
+                    .as_ref()
+                    .is_some_and(|claim| claim.session == Some(session))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            let claim = self
+                .onces
+                .get_mut(&key)
+                .and_then(|s| s.claim.take())
+                .expect("collected above");
+            self.set_deadline(
+                Some(claim.expires_at),
+                None,
+                Deadline::OnceClaim(key.clone()),
+            );
+            if matches!(reason, EndReason::Expired | EndReason::Killed) {
+                let mut event = self.event(
+                    seq,
+                    &claim.agent,
+                    Some(session),
+                    EventKind::LeaseLost,
+                    vec![key.clone()],
+                );
+                event.fence_token = Some(claim.id);
+                event.detail = Some(json!({
+                    "claim_id": claim.id,
+                    "reason": format!("its session {session} ended ({})", reason.as_str()),
+                }));
+                fx.events.push(event);
+            }
+            self.pass_claim(seq, &key, claim.id, fx);
+        }
     }
 
     pub(crate) fn fail_once_waiter(&mut self, id: u64, error: Error, fx: &mut Effects) {

@@ -27,6 +27,36 @@ fn once(h: &mut Harness, agent: &str, wait_ms: u64) -> (Reply, Option<u64>) {
     (out.reply, out.pending)
 }
 
+/// `once` as `agent` in `session`.
+fn once_in(h: &mut Harness, agent: &str, session: u64, wait_ms: u64) -> (Reply, Option<u64>) {
+    let mut command = Command::new(
+        agent,
+        Op::Once {
+            key: "cred/token".into(),
+            max_age_ms: 60_000,
+            claim_ttl_ms: 5_000,
+            wait_ms,
+        },
+    );
+    command.session = Some(session);
+    h.seq += 1;
+    let out = h.machine.apply(h.seq, h.time, &command);
+    h.events.extend(out.events);
+    h.wakeups.extend(out.wakeups);
+    (out.reply, out.pending)
+}
+
+fn fulfil(h: &mut Harness, agent: &str, claim_id: u64) -> Reply {
+    h.op(
+        agent,
+        Op::OnceFulfil {
+            key: "cred/token".into(),
+            claim_id,
+            value: json!("token-from-".to_string() + agent),
+        },
+    )
+}
+
 fn result(reply: &Reply) -> &OnceResult {
     match reply {
         Ok(Response::Once(r)) => r,
@@ -325,4 +355,108 @@ fn a_sessions_once_and_rate_waits_fail_when_it_ends() {
     .unwrap();
     h.advance(2_000);
     assert!(h.take_wakeups().is_empty());
+}
+
+#[test]
+fn a_sessions_claim_ends_with_it_and_passes_to_the_next_waiter() {
+    for (end, lease_lost) in [
+        (
+            Op::SessionKill {
+                session_id: 0,
+                reason: None,
+            },
+            true,
+        ),
+        (Op::SessionClose { session_id: 0 }, false),
+    ] {
+        let mut h = Harness::new();
+        let session = h.open_session("a", 60_000);
+        let (claimed, _) = once_in(&mut h, "a", session, 0);
+        let old = result(&claimed).claim_id.unwrap();
+        let (_, waiting) = once(&mut h, "b", 10_000);
+        let waiting = waiting.expect("b waits for a's refresh");
+        h.take_events();
+        let end = match end {
+            Op::SessionKill { reason, .. } => Op::SessionKill {
+                session_id: session,
+                reason,
+            },
+            _ => Op::SessionClose {
+                session_id: session,
+            },
+        };
+        h.op("a", end).unwrap();
+        let wakeups = h.take_wakeups();
+        let woken = wakeups
+            .iter()
+            .find(|w| w.id == waiting)
+            .expect("b is woken");
+        let passed = result(&woken.reply);
+        assert_eq!(passed.status, "claimed", "{passed:?}");
+        let new = passed.claim_id.unwrap();
+        assert!(new > old, "a new claim, a new fence: {new} after {old}");
+        let lost = h
+            .take_events()
+            .iter()
+            .any(|e| e.kind == EventKind::LeaseLost && e.fence_token == Some(old));
+        assert_eq!(lost, lease_lost, "LEASE_LOST for a kill, none for a close");
+
+        assert_eq!(err(&fulfil(&mut h, "a", old)).code, ErrorCode::Fenced);
+        let fresh = fulfil(&mut h, "b", new);
+        assert_eq!(result(&fresh).value, Some(json!("token-from-b").into()));
+    }
+}
+
+#[test]
+fn a_claim_ended_in_the_step_that_granted_it_passes_on_later_with_a_new_id() {
+    let mut h = Harness::new();
+    let (first, _) = once(&mut h, "a", 0);
+    let first = result(&first).claim_id.unwrap();
+    let session = h.open_session("x", 600_000);
+    let (_, x_waits) = once_in(&mut h, "x", session, 60_000);
+    let x_waits = x_waits.expect("x waits");
+    let (_, c_waits) = once(&mut h, "c", 60_000);
+    let c_waits = c_waits.expect("c waits");
+
+    // a's claim expires; the kill is the first command after it, so that
+    // command's deadlines pass the claim to x and its body ends x's session.
+    h.time += 5_000;
+    let kill = h
+        .op(
+            "admin",
+            Op::SessionKill {
+                session_id: session,
+                reason: None,
+            },
+        )
+        .unwrap();
+    drop(kill);
+    let kill_seq = h.seq;
+    let wakeups = h.take_wakeups();
+    let to_x = wakeups.iter().find(|w| w.id == x_waits).expect("x woken");
+    assert_eq!(
+        result(&to_x.reply).claim_id,
+        Some(kill_seq),
+        "x got the claim in this step"
+    );
+    assert!(
+        wakeups.iter().all(|w| w.id != c_waits),
+        "c does not get a claim with x's id: {wakeups:?}"
+    );
+    assert_eq!(err(&fulfil(&mut h, "x", kill_seq)).code, ErrorCode::Fenced);
+
+    // A newcomer does not jump the line meanwhile.
+    let (newcomer, _) = once(&mut h, "d", 0);
+    assert_eq!(err(&newcomer).code, ErrorCode::ConcurrentModification);
+
+    h.advance(1);
+    let wakeups = h.take_wakeups();
+    let to_c = wakeups
+        .iter()
+        .find(|w| w.id == c_waits)
+        .expect("c gets the claim");
+    let claim = result(&to_c.reply).claim_id.unwrap();
+    assert!(claim > kill_seq && claim != first, "{claim}");
+    assert_eq!(err(&fulfil(&mut h, "x", kill_seq)).code, ErrorCode::Fenced);
+    fulfil(&mut h, "c", claim).unwrap();
 }
