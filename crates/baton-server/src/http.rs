@@ -1266,9 +1266,21 @@ async fn queue_claim(
         .await
 }
 
+/// An ack takes no `delay_ms`: one given is refused as an unknown field,
+/// not silently dropped (it belongs to a nack).
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SettleBody {
+struct AckBody {
+    queue: String,
+    item_id: u64,
+    claim_token: u64,
+    #[serde(default)]
+    fence: Option<Fence>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct NackBody {
     queue: String,
     item_id: u64,
     claim_token: u64,
@@ -1278,11 +1290,11 @@ struct SettleBody {
     fence: Option<Fence>,
 }
 
-#[utoipa::path(post, path = "/v1/queues/ack", summary = "Done with a claimed item; FENCED if the claim expired", request_body = SettleBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/queues/ack", summary = "Done with a claimed item; FENCED if the claim expired", request_body = AckBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn queue_ack(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SettleBody>,
+    JsonBody(body): JsonBody<AckBody>,
 ) -> Response {
     state
         .run(
@@ -1297,11 +1309,11 @@ async fn queue_ack(
         .await
 }
 
-#[utoipa::path(post, path = "/v1/queues/nack", summary = "Give a claimed item back (visible again after delay_ms; dead-lettered after max_attempts)", request_body = SettleBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
+#[utoipa::path(post, path = "/v1/queues/nack", summary = "Give a claimed item back (visible again after delay_ms; dead-lettered after max_attempts)", request_body = NackBody, responses((status = 200, description = "ok envelope", body = OkEnvelope<baton_core::QueueSettled>), (status = "4XX", description = "error envelope", body = ErrorEnvelope)))]
 async fn queue_nack(
     State(state): State<AppState>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<SettleBody>,
+    JsonBody(body): JsonBody<NackBody>,
 ) -> Response {
     let op = Op::QueueNack {
         queue: body.queue,

@@ -2,7 +2,7 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -336,5 +336,48 @@ async fn the_new_primitives_take_a_fence_like_every_write() {
         404,
         "nothing applied"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_with_a_delay_is_refused_and_leaves_the_item_claimed() {
+    let server = TestServer::start().await;
+    let api = server.client("worker");
+    api.post("/v1/queues/enqueue", json!({"queue": "jobs/d", "item": 1}))
+        .await
+        .ok();
+    let item = api
+        .post(
+            "/v1/queues/claim",
+            json!({"queue": "jobs/d", "visibility_ms": 30_000}),
+        )
+        .await
+        .ok()
+        .clone();
+    let settle = |extra: Value| {
+        let mut body = json!({"queue": "jobs/d", "item_id": item["item_id"], "claim_token": item["claim_token"]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // A delay belongs to a nack; an ack that carries one was meant as
+    // something else, so nothing is applied.
+    let refused = api
+        .post("/v1/queues/ack", settle(json!({"delay_ms": 5_000})))
+        .await;
+    assert_eq!((refused.status, refused.code()), (400, "INVALID_ARGUMENT"));
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("delay_ms"), "{message}");
+    let status = api.get("/v1/queue-status/jobs/d").await.ok().clone();
+    assert_eq!(
+        (status["ready"].as_u64(), status["in_flight"].as_u64()),
+        (Some(0), Some(1)),
+        "still claimed: {status}"
+    );
+    let nacked = api
+        .post("/v1/queues/nack", settle(json!({"delay_ms": 5_000})))
+        .await;
+    assert_eq!(nacked.ok()["outcome"], "delayed");
     server.stop().await;
 }
