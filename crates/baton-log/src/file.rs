@@ -197,6 +197,25 @@ fn sync_dir(dir: &Path) -> Result<(), LogError> {
         .map_err(io_error("syncing data directory", dir))
 }
 
+/// Creates `dir` and its missing parents, then syncs the directory holding
+/// each one created: the log syncs the files it writes and the data
+/// directory itself, but a crash could otherwise still lose the data
+/// directory's own entry, and with it everything acknowledged inside.
+fn create_dir_durably(dir: &Path) -> Result<(), LogError> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|path| !path.as_os_str().is_empty() && !path.exists())
+        .collect();
+    fs::create_dir_all(dir).map_err(io_error("creating data directory", dir))?;
+    for created in missing {
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
 fn segment_name(first_seq: Seq) -> String {
     format!("{SEGMENT_PREFIX}{first_seq:020}{SEGMENT_SUFFIX}")
 }
@@ -422,7 +441,7 @@ impl FileLog {
 
     /// [`FileLog::open`] with explicit options.
     pub fn open_with(dir: &Path, options: FileLogOptions) -> Result<FileLog, LogError> {
-        fs::create_dir_all(dir).map_err(io_error("creating data directory", dir))?;
+        create_dir_durably(dir)?;
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock = OpenOptions::new()
             .create(true)

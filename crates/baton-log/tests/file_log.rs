@@ -555,3 +555,26 @@ fn damage_in_a_segment_the_snapshot_covers_is_found_when_read() {
     let err = log.read_from(1, 10).unwrap_err();
     assert!(err.to_string().contains("is damaged at byte"), "{err}");
 }
+
+#[test]
+fn a_missing_data_directory_is_created_with_its_parents_and_a_file_in_the_way_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/b/data");
+    let mut log = FileLog::open(&dir).unwrap();
+    log.append(&[b"x".to_vec()]).unwrap();
+    drop(log);
+    assert_eq!(FileLog::open(&dir).unwrap().last_seq().unwrap(), 1);
+
+    let file = tmp.path().join("plain-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let text = match FileLog::open(&file.join("data")) {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("opened a data directory under a file"),
+    };
+    assert!(text.contains("creating data directory"), "{text}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"not a directory",
+        "nothing touched"
+    );
+}
