@@ -46,8 +46,10 @@ enum Command {
 }
 
 fn main() {
-    // Usage errors exit 2 (INVALID_ARGUMENT's exit code) through clap.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(refused) => std::process::exit(output::usage_error(refused)),
+    };
     let mode = OutputMode::resolve(cli.output);
     let code = match cli.command {
         Command::File(args) => file::run(args, mode),

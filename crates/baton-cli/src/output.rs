@@ -29,6 +29,96 @@ impl OutputMode {
     }
 }
 
+/// A command line clap refused, under the same contract as every other
+/// failure: INVALID_ARGUMENT, exit 2. In JSON mode one envelope on stdout
+/// naming the argument and the usage line, so a program parsing the answer
+/// is not handed clap's prose; in text mode clap's own text on stderr. Help
+/// and version are not failures: clap prints them. `baton mcp` keeps its
+/// stdout for the protocol, so its usage errors stay on stderr.
+pub fn usage_error(refused: clap::Error) -> i32 {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let (mode, subcommand) = command_line();
+    if matches!(
+        refused.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) || OutputMode::resolve(mode) == OutputMode::Text
+        || subcommand.as_deref() == Some("mcp")
+    {
+        refused.exit();
+    }
+    let rendered = refused.render().to_string();
+    // The first paragraph says what is wrong, over one or more lines (a
+    // list of missing arguments); the usage line follows, when clap has one.
+    let what = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let what = what.strip_prefix("error: ").unwrap_or(&what);
+    let usage = rendered
+        .lines()
+        .find_map(|line| line.strip_prefix("Usage: "));
+    let argument = match refused.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(name)) => Some(name.clone()),
+        Some(ContextValue::Strings(names)) => Some(names.join(", ")),
+        _ => None,
+    };
+    let error = Error::new(
+        baton_core::ErrorCode::InvalidArgument,
+        format!("{what}; see the command's --help"),
+    )
+    .with_details(serde_json::json!({ "argument": argument, "usage": usage }));
+    let error = match error.details {
+        // Only what clap knows: no nulls for a program to trip over.
+        Some(serde_json::Value::Object(mut details)) => {
+            details.retain(|_, value| !value.is_null());
+            Error {
+                details: Some(serde_json::Value::Object(details)),
+                ..error
+            }
+        }
+        _ => error,
+    };
+    emit(OutputMode::Json, &Err(error), |_| String::new())
+}
+
+/// From a command line clap refused, read by hand: `--output`/`-o` as
+/// written (before any `--`), else `BATON_OUTPUT`; and the first word that
+/// is not an option, the subcommand.
+fn command_line() -> (Option<OutputMode>, Option<String>) {
+    use clap::ValueEnum;
+    let parse = |value: &str| OutputMode::from_str(value, true).ok();
+    let mut args = std::env::args_os()
+        .skip(1)
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .take_while(|arg| arg != "--");
+    let (mut mode, mut subcommand) = (None, None);
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--output" | "-o" => args.next(),
+            _ if !arg.starts_with('-') => {
+                subcommand.get_or_insert(arg);
+                continue;
+            }
+            _ => arg
+                .strip_prefix("--output=")
+                .or_else(|| arg.strip_prefix("-o"))
+                .map(str::to_string),
+        };
+        if let Some(parsed) = value.as_deref().and_then(parse) {
+            mode = Some(parsed);
+        }
+    }
+    let mode = mode.or_else(|| {
+        std::env::var("BATON_OUTPUT")
+            .ok()
+            .as_deref()
+            .and_then(parse)
+    });
+    (mode, subcommand)
+}
+
 /// Prints `reply` and returns the process exit code: 0, or the error code's
 /// `exit_code()`. `text` renders a success for people.
 pub fn emit(

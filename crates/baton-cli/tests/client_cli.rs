@@ -260,8 +260,13 @@ fn a_write_with_release_hands_the_lock_to_the_next_waiter() {
 
     // Only integers, and only on the state mutations.
     let bad = server.run(&["kv", "put", "rel/count", "2", "--release", "abc"]);
-    assert_eq!(bad.code, 2, "{bad:?}");
-    assert!(bad.stderr.contains("--release"), "{bad:?}");
+    assert!(
+        bad.err("INVALID_ARGUMENT", 2)["details"]["argument"]
+            .as_str()
+            .unwrap()
+            .contains("--release"),
+        "{bad:?}"
+    );
     let not_here = server.run(&["quota", "set", "rel/q", "5", "--release", "1"]);
     assert_eq!(not_here.code, 2, "{not_here:?}");
     assert_eq!(server.run(&["kv", "get", "rel/count"]).ok()["value"], 1);
@@ -590,11 +595,10 @@ fn bad_arguments_exit_2_and_name_the_argument() {
     ];
     for (args, named) in cases {
         let reply = server.run(args);
-        assert_eq!(reply.code, 2, "{args:?}: {reply:?}");
+        let message = reply.err("INVALID_ARGUMENT", 2)["message"].to_string();
         assert!(
-            reply.stderr.contains(named),
-            "{args:?} must name {named}: {}",
-            reply.stderr
+            message.contains(named),
+            "{args:?} must name {named}: {reply:?}"
         );
     }
     // Input checked by the CLI: the envelope names the field.

@@ -853,21 +853,56 @@ fn text_mode_prints_values_for_people_and_errors_on_stderr() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
-    let out = wait_bounded(baton().args(["file", "set"]).spawn().unwrap());
-    assert_eq!(out.status.code(), Some(2));
-    let out = wait_bounded(
-        baton()
-            .args(["file", "--lock-timeout", "soon", "get", "x.json"])
-            .spawn()
-            .unwrap(),
+fn usage_errors_exit_2_with_the_error_envelope_in_json_mode() {
+    let run = |args: &[&str]| wait_bounded(baton().args(args).spawn().unwrap());
+    let refused = |out: &Output| -> Value {
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "JSON mode keeps stderr quiet: {out:?}"
+        );
+        let envelope: Value = serde_json::from_slice(&out.stdout).expect("one JSON envelope");
+        assert_eq!(envelope["ok"], false);
+        assert_eq!(envelope["error"]["code"], "INVALID_ARGUMENT", "{envelope}");
+        envelope["error"].clone()
+    };
+    let missing = refused(&run(&["file", "set"]));
+    assert!(
+        missing["details"]["usage"]
+            .as_str()
+            .unwrap()
+            .starts_with("baton file set"),
+        "{missing}"
     );
-    assert_eq!(out.status.code(), Some(2));
-    let out = wait_bounded(
-        baton()
-            .args(["file", "exec", "--lock", "x.json"])
-            .spawn()
-            .unwrap(),
+    let bad_value = refused(&run(&["file", "--lock-timeout", "soon", "get", "x.json"]));
+    assert!(
+        bad_value["details"]["argument"]
+            .as_str()
+            .unwrap()
+            .contains("--lock-timeout"),
+        "{bad_value}"
     );
+    assert!(
+        bad_value["message"].as_str().unwrap().contains("soon"),
+        "{bad_value}"
+    );
+    refused(&run(&["file", "exec", "--lock", "x.json"]));
+    refused(&run(&["lock", "acquire", "jobs/x", "--no-such-flag"]));
+
+    // Text mode: clap's own words on stderr, same exit code; `-o` wins over
+    // BATON_OUTPUT even on a line clap refused.
+    let out = run(&["-o", "text", "file", "set"]);
     assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Usage: baton file set"), "{stderr}");
+    // `baton mcp` speaks the protocol on stdout: its usage errors stay on stderr.
+    let out = run(&["mcp", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    // Help is an answer, not a failure.
+    let help = run(&["file", "--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: baton file"));
 }

@@ -666,11 +666,10 @@ fn bad_arguments_exit_2_and_name_the_argument() {
     ];
     for (args, named) in cases {
         let reply = server.run(args);
-        assert_eq!(reply.code, 2, "{args:?}: {reply:?}");
+        let message = reply.err("INVALID_ARGUMENT", 2)["message"].to_string();
         assert!(
-            reply.stderr.contains(named),
-            "{args:?} must name {named}: {}",
-            reply.stderr
+            message.contains(named),
+            "{args:?} must name {named}: {reply:?}"
         );
     }
     // Checked by the CLI: the envelope names the field.
