@@ -27,6 +27,8 @@ enum Plan {
     Write {
         key: String,
         value: Arc<Value>,
+        /// The value's compact JSON size, against `max_kv_bytes`.
+        size: u64,
         ttl: Ttl,
         kind: EventKind,
     },
@@ -183,7 +185,8 @@ impl StateMachine {
         Ok(next)
     }
 
-    pub(crate) fn check_capacity(&self, creating: usize) -> Result<(), Error> {
+    /// Room for `creating` new keys and `adding` more bytes (`write_bytes`).
+    pub(crate) fn check_capacity(&self, creating: usize, adding: u64) -> Result<(), Error> {
         if creating > 0 && self.kv.len() + creating > self.limits.max_keys {
             return Err(Error::new(
                 ErrorCode::QuotaExceeded,
@@ -193,7 +196,42 @@ impl StateMachine {
                 ),
             ));
         }
+        let limit = self.limits.max_kv_bytes;
+        if adding > 0 && self.kv_bytes.saturating_add(adding) > limit {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "the store holds {} bytes of keys and values with their history, and this write adds {adding}; the limit is {limit} (max_kv_bytes): delete keys you no longer need (a delete frees their history too)",
+                    self.kv_bytes
+                ),
+            )
+            .with_details(json!({ "kv_bytes": self.kv_bytes, "adding": adding, "max_kv_bytes": limit })));
+        }
         Ok(())
+    }
+
+    /// What writing a value of `size` bytes to `key` adds to `kv_bytes`:
+    /// exact near the limit, net of the versions the write pushes out of
+    /// the key's history (so an overwrite no larger than what it replaces
+    /// goes through on a full store); an upper bound when that fits anyway,
+    /// which spares measuring the versions kept.
+    pub(crate) fn write_bytes(&self, key: &str, size: u64) -> u64 {
+        let Some(stored) = self.kv.get(key) else {
+            return key.len() as u64 + size;
+        };
+        if self.kv_bytes.saturating_add(size) <= self.limits.max_kv_bytes {
+            return size;
+        }
+        let depth = self.limits.history_depth;
+        let kept: u64 = stored
+            .history
+            .iter()
+            .rev()
+            .take(depth.saturating_sub(1))
+            .map(|entry| validate::json_size(&entry.value) as u64)
+            .sum();
+        let after = key.len() as u64 + size + kept;
+        after.saturating_sub(stored.bytes)
     }
 
     /// Apply a decided write: new version `seq`, history, TTL index, event.
@@ -202,6 +240,7 @@ impl StateMachine {
             Plan::Write {
                 key,
                 value,
+                size,
                 ttl,
                 kind,
             } => {
@@ -220,14 +259,31 @@ impl StateMachine {
                 let (previous_version, old_expiry) = match self.kv.get_mut(&key) {
                     Some(stored) => {
                         let previous = (stored.version, stored.expires_at);
+                        let before = stored.bytes;
+                        let mut bytes = before;
+                        if stored.history.is_empty() {
+                            // Kept no history: the current value counted alone.
+                            bytes -= validate::json_size(&stored.value) as u64;
+                        }
                         stored.value = value.clone();
                         stored.version = seq;
                         stored.expires_at = expires_at;
                         stored.updated_at = now;
                         stored.history.push_back(entry);
+                        bytes += size;
                         while stored.history.len() > history_depth {
-                            stored.history.pop_front();
+                            let out = stored.history.pop_front().expect("longer than the depth");
+                            bytes -= if Arc::ptr_eq(&out.value, &value) {
+                                size
+                            } else {
+                                validate::json_size(&out.value) as u64
+                            };
                         }
+                        if stored.history.is_empty() {
+                            bytes += size;
+                        }
+                        stored.bytes = bytes;
+                        self.kv_bytes = self.kv_bytes - before + bytes;
                         (Some(previous.0), previous.1)
                     }
                     None => {
@@ -237,6 +293,8 @@ impl StateMachine {
                         if history_depth > 0 {
                             history.push_back(entry);
                         }
+                        let bytes = key.len() as u64 + size;
+                        self.kv_bytes += bytes;
                         self.kv.insert(
                             key.clone(),
                             Stored {
@@ -246,6 +304,7 @@ impl StateMachine {
                                 expires_at,
                                 updated_at: now,
                                 history,
+                                bytes,
                             },
                         );
                         (None, None)
@@ -279,6 +338,7 @@ impl StateMachine {
                         released_lock_id: None,
                     });
                 };
+                self.kv_bytes -= stored.bytes;
                 self.set_deadline(stored.expires_at, None, Deadline::KeyTtl(key.clone()));
                 let mut event = self.event(
                     seq,
@@ -312,7 +372,7 @@ impl StateMachine {
         fx: &mut Effects,
     ) -> Reply {
         validate::key("key", key, &self.limits)?;
-        validate::value("value", value, &self.limits)?;
+        let size = validate::value("value", value, &self.limits)? as u64;
         self.check_ttl(ttl_ms)?;
         if if_absent && if_version.is_some_and(|v| v != 0) {
             return Err(Error::invalid(
@@ -322,10 +382,11 @@ impl StateMachine {
         }
         let current = self.view(&BTreeMap::new(), key);
         Self::check_version(key, if_version, if_absent, &current)?;
-        self.check_capacity(usize::from(current.is_none()))?;
+        self.check_capacity(usize::from(current.is_none()), self.write_bytes(key, size))?;
         let plan = Plan::Write {
             key: key.to_string(),
             value: Arc::new(value.clone()),
+            size,
             ttl: Ttl::Set(ttl_ms),
             kind: EventKind::Put,
         };
@@ -348,11 +409,12 @@ impl StateMachine {
         let current = self.view(&BTreeMap::new(), key);
         Self::check_version(key, if_version, false, &current)?;
         let value = Self::apply_patch(key, &current, patch)?;
-        validate::value("value", &value, &self.limits)?;
-        self.check_capacity(usize::from(current.is_none()))?;
+        let size = validate::value("value", &value, &self.limits)? as u64;
+        self.check_capacity(usize::from(current.is_none()), self.write_bytes(key, size))?;
         let plan = Plan::Write {
             key: key.to_string(),
             value: Arc::new(value),
+            size,
             ttl: Ttl::Keep,
             kind: EventKind::Patched,
         };
@@ -400,10 +462,13 @@ impl StateMachine {
         validate::key("key", key, &self.limits)?;
         let current = self.view(&BTreeMap::new(), key);
         let next = Self::add_within(key, Self::counter_value(key, &current)?, delta, min, max)?;
-        self.check_capacity(usize::from(current.is_none()))?;
+        let value = Value::from(next);
+        let size = validate::json_size(&value) as u64;
+        self.check_capacity(usize::from(current.is_none()), self.write_bytes(key, size))?;
         let plan = Plan::Write {
             key: key.to_string(),
-            value: Arc::new(Value::from(next)),
+            value: Arc::new(value),
+            size,
             ttl: Ttl::Keep,
             kind: EventKind::CounterAdded,
         };
@@ -518,6 +583,9 @@ impl StateMachine {
         let mut overlay: BTreeMap<String, View> = BTreeMap::new();
         let mut steps: Vec<Result<Plan, TxnOpResult>> = Vec::with_capacity(ops.len());
         let mut creating = 0usize;
+        // An upper bound: what the txn's writes add, before anything they
+        // push out of history or delete.
+        let mut adding = 0u64;
         for op in ops {
             let key = op.key();
             let current = self.view(&overlay, key);
@@ -565,7 +633,10 @@ impl StateMachine {
                 Some(value) => {
                     if !in_store && !overlay.contains_key(key) {
                         creating += 1;
+                        adding += key.len() as u64;
                     }
+                    let size = validate::json_size(&value) as u64;
+                    adding += size;
                     let value = Arc::new(value);
                     overlay.insert(key.to_string(), Some((value.clone(), seq)));
                     let (ttl, kind) = match op {
@@ -576,6 +647,7 @@ impl StateMachine {
                     steps.push(Ok(Plan::Write {
                         key: key.to_string(),
                         value,
+                        size,
                         ttl,
                         kind,
                     }));
@@ -597,7 +669,7 @@ impl StateMachine {
                 }
             }
         }
-        self.check_capacity(creating)?;
+        self.check_capacity(creating, adding)?;
 
         let mut results = Vec::with_capacity(steps.len());
         let events_before = fx.events.len();
@@ -648,6 +720,7 @@ impl StateMachine {
         let Some(stored) = self.kv.remove(key) else {
             return;
         };
+        self.kv_bytes -= stored.bytes;
         let mut event = self.event(
             seq,
             crate::command::SYSTEM_AGENT,
@@ -748,4 +821,19 @@ impl StateMachine {
             revision: self.last_seq,
         })
     }
+}
+
+/// What `stored` counts against `max_kv_bytes`, measured from its contents
+/// (see `Stored::bytes`).
+pub(crate) fn measure(key: &str, stored: &Stored) -> u64 {
+    let versions: u64 = if stored.history.is_empty() {
+        validate::json_size(&stored.value) as u64
+    } else {
+        stored
+            .history
+            .iter()
+            .map(|entry| validate::json_size(&entry.value) as u64)
+            .sum()
+    };
+    key.len() as u64 + versions
 }

@@ -4,6 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// 1 GiB of JSON, which the server holds in memory at several times its
+/// encoded size (bench/README.md measures bytes per key): a bound an agent
+/// team reaches only by misuse, well before the machine runs out of memory.
+pub const DEFAULT_MAX_KV_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Bounds enforced by [`crate::StateMachine`]. `Limits::default()` is what
 /// `baton serve` runs with unless configured otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +34,10 @@ pub struct Limits {
     pub max_locks: usize,
     /// Live state keys.
     pub max_keys: usize,
+    /// Bytes of state keys and values, counting every version kept in
+    /// their history (compact JSON). A write that would pass it is refused;
+    /// deletes, and overwrites no larger than what they push out, go through.
+    pub max_kv_bytes: u64,
     /// Recent versions kept per state key for `history`.
     pub history_depth: usize,
     /// Idempotency records kept (oldest dropped first).
@@ -75,6 +84,7 @@ impl Default for Limits {
             max_sessions: 100_000,
             max_locks: 1_000_000,
             max_keys: 10_000_000,
+            max_kv_bytes: DEFAULT_MAX_KV_BYTES,
             history_depth: 16,
             idempotency_entries: 100_000,
             idempotency_retention_ms: 60 * 60 * 1000,

@@ -130,6 +130,13 @@ pub(crate) struct Stored {
     pub updated_at: u64,
     /// Newest last; includes the current version.
     pub history: VecDeque<HistoryEntry>,
+    /// What this key counts against `max_kv_bytes`: its name, and the
+    /// compact JSON of every version kept (its history, or the current
+    /// value alone when it keeps none). Recorded so that a version pushed
+    /// out is subtracted without measuring the ones kept; 0 in snapshots
+    /// from before it was recorded, and then measured on restore.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// Something due at a time. Every entry mirrors exactly one field of the
@@ -272,6 +279,9 @@ pub struct StateMachine {
     pub(crate) party_locks: Map<Party, BTreeSet<u64>>,
     #[serde(skip)]
     pub(crate) locks_held: usize,
+    /// Derived from `kv`: the sum of every key's `bytes`. Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) kv_bytes: u64,
 }
 
 impl Default for StateMachine {
@@ -304,6 +314,7 @@ impl StateMachine {
             idempotency_waits: Map::new(),
             party_locks: Map::new(),
             locks_held: 0,
+            kv_bytes: 0,
         }
     }
 
@@ -399,6 +410,17 @@ impl StateMachine {
                 machine.locks_held += 1;
             }
         }
+        let unmeasured: Vec<String> = machine
+            .kv
+            .iter()
+            .filter(|(_, stored)| stored.bytes == 0)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in unmeasured {
+            let stored = machine.kv.get_mut(&key).expect("listed above");
+            stored.bytes = crate::kv::measure(&key, stored);
+        }
+        machine.kv_bytes = machine.kv.values().map(|stored| stored.bytes).sum();
         Ok(machine)
     }
 
@@ -410,6 +432,7 @@ impl StateMachine {
             locks_held: self.locks_held,
             locks_waiting: self.locks.len() - self.locks_held,
             keys: self.kv.len(),
+            kv_bytes: self.kv_bytes,
             idempotency_records: self.idempotency_order.len(),
         }
     }

@@ -239,12 +239,15 @@ impl StateMachine {
         fx: &mut Effects,
     ) -> Reply {
         validate::key("key", key, &self.limits)?;
-        validate::value("value", value, &self.limits)?;
+        let size = validate::value("value", value, &self.limits)? as u64;
         self.check_claim(key, claim_id, &command.agent)?;
         // Every refusal before the claim is taken: the core has no rollback,
         // and a fulfil refused after it would lose the claim (the holder
         // could not retry, and the next caller would refresh again).
-        self.check_capacity(usize::from(!self.kv.contains_key(key)))?;
+        self.check_capacity(
+            usize::from(!self.kv.contains_key(key)),
+            self.write_bytes(key, size),
+        )?;
         let claim = self
             .onces
             .get_mut(key)

@@ -305,6 +305,9 @@ pub struct Stats {
     pub locks_held: usize,
     pub locks_waiting: usize,
     pub keys: usize,
+    /// What the keys count against `max_kv_bytes`: names and every kept
+    /// version's compact JSON.
+    pub kv_bytes: u64,
     pub idempotency_records: usize,
 }
 

@@ -97,7 +97,8 @@ pub fn json_size(value: &Value) -> usize {
     counter.0
 }
 
-pub fn value(field: &str, value: &Value, limits: &Limits) -> Result<(), Error> {
+/// Refuses a value over `max_value_bytes`; answers its size.
+pub fn value(field: &str, value: &Value, limits: &Limits) -> Result<usize, Error> {
     let size = json_size(value);
     if size > limits.max_value_bytes {
         return Err(Error::invalid(
@@ -108,7 +109,7 @@ pub fn value(field: &str, value: &Value, limits: &Limits) -> Result<(), Error> {
             ),
         ));
     }
-    Ok(())
+    Ok(size)
 }
 
 /// RFC 3339 UTC for a time in ms since the Unix epoch, for messages people read.

@@ -4,8 +4,10 @@
 //! scenario below as encoded once the limits in force were recorded;
 //! `BATON_BLESS=1` rewrites it (only ever on purpose).
 //! `fixtures/snapshot-before-limits.json` is the same scenario written by
-//! the build before that (and before the state moved to persistent maps):
-//! it must still restore, to the same state.
+//! the build before that (and before the state moved to persistent maps),
+//! and `fixtures/snapshot-before-kv-bytes.json` by the build before keys
+//! recorded what they count against `max_kv_bytes`: both must still
+//! restore, to the same state.
 
 mod common;
 
@@ -248,6 +250,14 @@ fn the_snapshot_format_is_unchanged_and_an_earlier_builds_snapshot_restores() {
     assert!(!String::from_utf8_lossy(&before).contains("\"limits\""));
     let restored = StateMachine::restore(&before, Limits::default()).unwrap();
     assert_eq!(restored.snapshot(), bytes);
+
+    // One from before keys recorded their bytes: measured on restore, and
+    // the limits it recorded take the new limit's default.
+    let before = std::fs::read(fixture().with_file_name("snapshot-before-kv-bytes.json")).unwrap();
+    assert!(!String::from_utf8_lossy(&before).contains("\"bytes\""));
+    let restored = StateMachine::restore(&before, Limits::default()).unwrap();
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.stats(), h.machine.stats());
 }
 
 /// The limits in force are part of the state: a snapshot restores under its

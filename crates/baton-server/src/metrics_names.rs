@@ -16,6 +16,8 @@ pub const LOCKS_HELD: &str = "baton_locks_held";
 pub const LOCKS_WAITING: &str = "baton_locks_waiting";
 pub const SESSIONS: &str = "baton_sessions";
 pub const KEYS: &str = "baton_keys";
+/// What the keys count against `max_kv_bytes` (names and kept versions).
+pub const KV_BYTES: &str = "baton_kv_bytes";
 pub const REVISION: &str = "baton_revision";
 /// Seconds to take a snapshot, start to durable.
 pub const SNAPSHOT_SECONDS: &str = "baton_snapshot_seconds";
@@ -98,5 +100,6 @@ pub fn set_gauges(stats: &baton_core::Stats) {
     metrics::gauge!(LOCKS_WAITING).set(stats.locks_waiting as f64);
     metrics::gauge!(SESSIONS).set(stats.sessions as f64);
     metrics::gauge!(KEYS).set(stats.keys as f64);
+    metrics::gauge!(KV_BYTES).set(stats.kv_bytes as f64);
     metrics::gauge!(REVISION).set(stats.revision as f64);
 }

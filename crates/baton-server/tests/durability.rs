@@ -2,7 +2,7 @@
 
 mod support;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 use support::*;
 
@@ -490,6 +490,68 @@ async fn a_restart_with_lower_limits_keeps_what_was_acknowledged() {
         let refused = api.put("l/big2", json!({"value": big})).await;
         assert_eq!(refused.code(), "INVALID_ARGUMENT", "restart {restart}");
         server.faults.fail_snapshot_saves(true);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_writes_and_counts_the_same_after_a_restart() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let limited = |dir: &std::path::Path| {
+        let mut config = config(dir);
+        config.limits.max_kv_bytes = 4096;
+        config
+    };
+    let kv_bytes = |status: &Value| status["kv_bytes"].as_u64().unwrap();
+    let server = TestServer::start_in(dir, limited(dir)).await;
+    let api = server.client("agent");
+    let value = json!({"value": "v".repeat(1000)});
+    let mut stored = 0;
+    let refused = loop {
+        let reply = api.put(&format!("full/{stored}"), value.clone()).await;
+        if reply.status != 200 {
+            break reply;
+        }
+        stored += 1;
+        assert!(stored < 10, "4096 bytes hold fewer than 10 values of 1 KB");
+    };
+    assert_eq!((refused.status, refused.code()), (429, "QUOTA_EXCEEDED"));
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_kv_bytes"), "{message}");
+    assert_eq!(stored, 4);
+    let before = kv_bytes(api.get("/v1/status").await.ok());
+    assert!(before <= 4096 && before > 4 * 1000, "{before}");
+
+    // A restart replaying the log (no snapshot), then one from the snapshot
+    // its stop wrote, count the same and refuse the same.
+    server.faults.fail_snapshot_saves(true);
+    server.stop().await;
+    for from_snapshot in [false, true] {
+        let server = TestServer::start_in(dir, limited(dir)).await;
+        let api = server.client("agent");
+        let status = api.get("/v1/status").await.ok().clone();
+        assert_eq!(
+            status["snapshot"]["revision"]
+                .as_u64()
+                .is_some_and(|r| r > 0),
+            from_snapshot,
+            "{status}"
+        );
+        assert_eq!(
+            kv_bytes(&status),
+            before,
+            "from a snapshot: {from_snapshot}"
+        );
+        assert_eq!(
+            api.put("full/more", value.clone()).await.code(),
+            "QUOTA_EXCEEDED"
+        );
+        if from_snapshot {
+            // A delete makes room.
+            api.delete("/v1/kv/full/0").await.ok();
+            api.put("full/more", value.clone()).await.ok();
+        }
         server.stop().await;
     }
 }
