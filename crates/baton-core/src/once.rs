@@ -42,6 +42,10 @@ pub(crate) struct OnceState {
     pub claim: Option<Claim>,
     /// Waiter ids (the seq of their `once` call), in arrival order.
     pub waiters: VecDeque<u64>,
+    /// A claim ended in the step that granted it: no claim is granted
+    /// before this time (see `pass_claim`), whoever asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passing_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,10 +148,11 @@ impl StateMachine {
         let state = self.onces.get(key);
         let claim = state.and_then(|s| s.claim.clone());
         let queued = state.map_or(0, |s| s.waiters.len());
-        // No claim but callers in line: a claim ended in the step that
-        // granted it passes to the head of the line shortly (`pass_claim`),
-        // and a newcomer does not jump the line.
-        if claim.is_none() && queued == 0 {
+        // No claim but callers in line, or a claim ended in the step that
+        // granted it: the claim passes on shortly (`pass_claim`), and a
+        // newcomer does not jump the line or take the same claim id.
+        let passing = state.is_some_and(|s| s.passing_at.is_some());
+        if claim.is_none() && queued == 0 && !passing {
             return Ok(Response::Once(self.grant_claim(
                 seq,
                 key,
@@ -180,7 +185,7 @@ impl StateMachine {
                     "agent {:?} is refreshing {key:?} (claim {})",
                     claim.agent, claim.id
                 ),
-                None => format!("the refresh of {key:?} is passing to the next caller in line"),
+                None => format!("the refresh claim of {key:?} is changing hands"),
             };
             return Err(Error::new(
                 ErrorCode::ConcurrentModification,
@@ -337,9 +342,13 @@ impl StateMachine {
     /// (its session killed by the command whose deadlines passed it on)
     /// passes on a millisecond later, in a later command, with a new id.
     fn pass_claim(&mut self, seq: u64, key: &str, ended: u64, fx: &mut Effects) {
-        if ended == seq && self.onces.get(key).is_some_and(|s| !s.waiters.is_empty()) {
+        if ended == seq {
+            // Even with nobody in line: a `once` later in this step would
+            // otherwise claim anew with this same id.
             let at = self.now.saturating_add(SAME_STEP_REGRANT_DELAY_MS);
-            self.set_deadline(None, Some(at), Deadline::OnceClaim(key.to_string()));
+            let state = self.onces.entry(key.to_string()).or_default();
+            let old = state.passing_at.replace(at);
+            self.set_deadline(old, Some(at), Deadline::OnceClaim(key.to_string()));
             return;
         }
         while let Some(id) = self.onces.get_mut(key).and_then(|s| s.waiters.pop_front()) {
@@ -371,7 +380,10 @@ impl StateMachine {
             return;
         };
         match &state.claim {
-            None => return self.pass_claim(seq, key, 0, fx),
+            None => {
+                state.passing_at = None;
+                return self.pass_claim(seq, key, 0, fx);
+            }
             // A put-off pass due after a newcomer claimed an idle key anew.
             Some(claim) if claim.expires_at > self.now => return,
             Some(_) => {}
@@ -487,7 +499,7 @@ impl StateMachine {
         if self
             .onces
             .get(key)
-            .is_some_and(|s| s.claim.is_none() && s.waiters.is_empty())
+            .is_some_and(|s| s.claim.is_none() && s.waiters.is_empty() && s.passing_at.is_none())
         {
             self.onces.remove(key);
         }

@@ -460,3 +460,35 @@ fn a_claim_ended_in_the_step_that_granted_it_passes_on_later_with_a_new_id() {
     assert_eq!(err(&fulfil(&mut h, "x", kill_seq)).code, ErrorCode::Fenced);
     fulfil(&mut h, "c", claim).unwrap();
 }
+
+#[test]
+fn a_claim_ended_in_the_step_that_granted_it_is_not_claimed_anew_in_that_step() {
+    let mut h = Harness::new();
+    once(&mut h, "a", 0).0.unwrap();
+    let session = h.open_session("x", 6_000);
+    let (_, x_waits) = once_in(&mut h, "x", session, 60_000);
+    let x_waits = x_waits.expect("x waits");
+    h.take_wakeups();
+    // The first command after both deadlines: its deadlines pass a's
+    // expired claim to x, then end x's session (and the claim with it); x
+    // was the only one in line. The command itself asks again.
+    h.time += 7_000;
+    let (newcomer, _) = once(&mut h, "x", 0);
+    let step = h.seq;
+    let wakeups = h.take_wakeups();
+    let to_x = wakeups.iter().find(|w| w.id == x_waits).expect("x woken");
+    assert_eq!(result(&to_x.reply).claim_id, Some(step));
+    assert_eq!(
+        err(&newcomer).code,
+        ErrorCode::ConcurrentModification,
+        "no second claim {step} in the same step: {newcomer:?}"
+    );
+    assert_eq!(err(&fulfil(&mut h, "x", step)).code, ErrorCode::Fenced);
+
+    h.advance(1);
+    let (later, _) = once(&mut h, "x", 0);
+    let claim = result(&later).claim_id.unwrap();
+    assert!(claim > step, "{claim} after {step}");
+    assert_eq!(err(&fulfil(&mut h, "x", step)).code, ErrorCode::Fenced);
+    fulfil(&mut h, "x", claim).unwrap();
+}
