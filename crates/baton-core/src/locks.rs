@@ -846,7 +846,9 @@ impl StateMachine {
 
     /// Breadth-first over the wait-for graph from `requester`'s blockers
     /// (only through `within`, if given): the cycle back to `requester`,
-    /// if any, and every party reached.
+    /// if any, and every party reached. The search goes on past the cycle:
+    /// `stuck_waits` must see every party that depends on `requester`, or
+    /// it would take one reached only later for a party that releases.
     fn search_cycle(
         &self,
         requester: &Party,
@@ -867,10 +869,8 @@ impl StateMachine {
         while !frontier.is_empty() {
             let mut next = Vec::new();
             for party in frontier {
-                if &party == requester {
-                    let steps = self.cycle_steps(requester, &parent);
-                    return (Some(steps), parent.into_keys().collect());
-                }
+                // The requester's own other waits too: the set must be
+                // closed under what its waits depend on.
                 for (id, lock) in self.waits_of(&party) {
                     for (key, blocker) in self.blockers(lock, Some(id)) {
                         let blocking_party = self.locks[&blocker].party();
@@ -883,7 +883,10 @@ impl StateMachine {
             }
             frontier = next;
         }
-        (None, parent.into_keys().collect())
+        let cycle = parent
+            .contains_key(requester)
+            .then(|| self.cycle_steps(requester, &parent));
+        (cycle, parent.into_keys().collect())
     }
 
     /// A party's locks that are waiting, with their ids.

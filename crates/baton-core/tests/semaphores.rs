@@ -298,8 +298,10 @@ proptest! {
     }
 }
 
-const GRAPH_AGENTS: [&str; 5] = ["a0", "a1", "a2", "a3", "a4"];
-const GRAPH_KEYS: [&str; 3] = ["db/x", "db/y", "gpu/slots"];
+const GRAPH_AGENTS: [&str; 6] = ["a0", "a1", "a2", "a3", "a4", "a5"];
+const GRAPH_KEYS: [&str; 5] = ["db/w", "db/x", "db/y", "db/z", "gpu/slots"];
+/// The plain keys among `GRAPH_KEYS`.
+const PLAIN_KEYS: usize = 4;
 
 #[derive(Debug, Clone)]
 enum GraphStep {
@@ -322,7 +324,7 @@ enum GraphStep {
 
 fn graph_step() -> impl Strategy<Value = GraphStep> {
     prop_oneof![
-        (0..5usize, 1..4u8, any::<bool>(), any::<bool>()).prop_map(
+        (0..6usize, 1..16u8, any::<bool>(), any::<bool>()).prop_map(
             |(agent, keys, shared, wait)| {
                 GraphStep::Lock {
                     agent,
@@ -332,12 +334,12 @@ fn graph_step() -> impl Strategy<Value = GraphStep> {
                 }
             }
         ),
-        (0..5usize, 1..4u64, any::<bool>()).prop_map(|(agent, permits, wait)| GraphStep::Permits {
+        (0..6usize, 1..4u64, any::<bool>()).prop_map(|(agent, permits, wait)| GraphStep::Permits {
             agent,
             permits,
             wait
         }),
-        (0..5usize, any::<usize>()).prop_map(|(agent, pick)| GraphStep::Release { agent, pick }),
+        (0..6usize, any::<usize>()).prop_map(|(agent, pick)| GraphStep::Release { agent, pick }),
     ]
 }
 
@@ -349,7 +351,7 @@ fn graph_op(step: &GraphStep, wait_ms: u64) -> (usize, Op) {
             shared,
             ..
         } => {
-            let keys = GRAPH_KEYS[..2]
+            let keys = GRAPH_KEYS[..PLAIN_KEYS]
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| keys & (1 << i) != 0)
@@ -431,7 +433,7 @@ proptest! {
     /// wait refused with DEADLOCK could never have been granted while its
     /// agent kept waiting.
     #[test]
-    fn deadlock_is_reported_exactly_when_a_wait_could_never_end(steps in proptest::collection::vec(graph_step(), 1..60)) {
+    fn deadlock_is_reported_exactly_when_a_wait_could_never_end(steps in proptest::collection::vec(graph_step(), 1..80)) {
         let mut h = Harness::new();
         for step in steps {
             if let GraphStep::Release { agent, pick } = step {
@@ -475,4 +477,49 @@ proptest! {
             prop_assert!(stuck.is_empty(), "waits that never end after {step:?}: {stuck:?}");
         }
     }
+}
+
+/// A cycle found early must not hide a longer one: every wait here depends
+/// on r, one of them through three others.
+#[test]
+fn a_deadlock_through_a_longer_path_is_found_after_a_shorter_cycle() {
+    let mut h = Harness::new();
+    let plain = |h: &mut Harness, agent: &str, key: &str, wait_ms: u64| {
+        h.acquire(
+            agent,
+            None,
+            &[key],
+            LockMode::Exclusive,
+            Some(600_000),
+            wait_ms,
+        )
+    };
+    let permit = |h: &mut Harness, agent: &str, wait_ms: u64| {
+        h.op(
+            agent,
+            Op::SemaphoreAcquire {
+                key: "gpu/slots".into(),
+                permits: 1,
+                capacity: 2,
+                ttl_ms: Some(600_000),
+                wait_ms,
+            },
+        )
+    };
+    lock(&plain(&mut h, "r", "k/r", 0));
+    lock(&permit(&mut h, "x", 0));
+    lock(&permit(&mut h, "y", 0));
+    lock(&plain(&mut h, "z", "k/z", 0));
+    lock(&plain(&mut h, "w", "k/w", 0));
+    for (agent, key) in [("x", "k/r"), ("w", "k/r"), ("z", "k/w"), ("y", "k/z")] {
+        assert_eq!(
+            lock(&plain(&mut h, agent, key, 600_000)).status,
+            LockStatus::Waiting
+        );
+    }
+    // x waits for r directly; y for z, z for w, w for r. Neither permit
+    // holder can release while r waits for a permit.
+    let refused = permit(&mut h, "r", 600_000);
+    assert_eq!(err(&refused).code, ErrorCode::Deadlock, "{refused:?}");
+    assert!(h.machine.key_locks("gpu/slots").unwrap().waiters.is_empty());
 }
