@@ -56,6 +56,13 @@ pub fn usage_error(refused: clap::Error) -> i32 {
         .collect::<Vec<_>>()
         .join(" ");
     let what = what.strip_prefix("error: ").unwrap_or(&what);
+    // `baton` or `baton lock` alone: clap's answer is the help, whose first
+    // paragraph describes the command rather than what is wrong.
+    let what = if refused.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        "a subcommand is required (they are listed by --help)"
+    } else {
+        what
+    };
     let usage = rendered
         .lines()
         .find_map(|line| line.strip_prefix("Usage: "));

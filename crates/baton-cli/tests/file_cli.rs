@@ -887,6 +887,28 @@ fn usage_errors_exit_2_with_the_error_envelope_in_json_mode() {
         "{bad_value}"
     );
     refused(&run(&["file", "exec", "--lock", "x.json"]));
+    // Without BATON_OUTPUT (JSON by default, stdout being a pipe), clap
+    // answers a bare command with its help, not a usage error.
+    for alone in [&["file"][..], &["lock"][..], &[][..]] {
+        let bare = baton()
+            .env_remove("BATON_OUTPUT")
+            .args(alone)
+            .spawn()
+            .unwrap();
+        let missing = refused(&wait_bounded(bare));
+        let message = missing["message"].as_str().unwrap();
+        assert!(
+            message.contains("subcommand") && !message.contains("Coordination for many agents"),
+            "{alone:?}: {missing}"
+        );
+        assert!(
+            missing["details"]["usage"]
+                .as_str()
+                .unwrap()
+                .starts_with("baton"),
+            "{missing}"
+        );
+    }
     refused(&run(&["lock", "acquire", "jobs/x", "--no-such-flag"]));
 
     // Text mode: clap's own words on stderr, same exit code; `-o` wins over
