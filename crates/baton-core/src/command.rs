@@ -245,6 +245,7 @@ pub enum Op {
     /// every command under the limits it was first applied under. Only the
     /// server issues it.
     SetLimits {
+        #[serde(deserialize_with = "crate::limits::deserialize_recorded")]
         limits: Box<crate::Limits>,
     },
     SessionOpen {

@@ -103,3 +103,30 @@ impl Default for Limits {
         }
     }
 }
+
+impl Limits {
+    /// Limits as a snapshot or a logged `SetLimits` recorded them. A bound
+    /// added since is absent from what older builds recorded, and those
+    /// writes were accepted without it: replaying them must accept them
+    /// again, so an absent `max_kv_bytes` is unbounded there (a configured
+    /// server then logs its own limits once recovered), not the default.
+    pub(crate) fn from_recorded(
+        mut recorded: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Limits, serde_json::Error> {
+        recorded
+            .entry("max_kv_bytes")
+            .or_insert(serde_json::Value::from(u64::MAX));
+        serde_json::from_value(serde_json::Value::Object(recorded))
+    }
+}
+
+/// `deserialize_with` for a logged `SetLimits`: see [`Limits::from_recorded`].
+pub(crate) fn deserialize_recorded<'de, D>(deserializer: D) -> Result<Box<Limits>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let recorded = serde_json::Map::deserialize(deserializer)?;
+    Limits::from_recorded(recorded)
+        .map(Box::new)
+        .map_err(serde::de::Error::custom)
+}

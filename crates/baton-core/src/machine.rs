@@ -215,10 +215,22 @@ pub(crate) type Set<T> = imbl::OrdSet<T>;
 
 /// The limits a state machine applies commands under. Absent only from
 /// snapshots written before limits were recorded; restoring one of those
-/// puts the configured limits in force.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// puts the configured limits in force. Read as recorded
+/// ([`Limits::from_recorded`]).
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(transparent)]
 pub(crate) struct InForce(Option<Limits>);
+
+impl<'de> Deserialize<'de> for InForce {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let recorded = Option::<serde_json::Map<String, Value>>::deserialize(deserializer)?;
+        recorded
+            .map(Limits::from_recorded)
+            .transpose()
+            .map(InForce)
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 impl std::ops::Deref for InForce {
     type Target = Limits;

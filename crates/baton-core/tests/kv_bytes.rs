@@ -251,3 +251,38 @@ proptest! {
         prop_assert_eq!(restored.stats(), h.machine.stats());
     }
 }
+
+/// Limits recorded by a build before `max_kv_bytes` (in a snapshot, or a
+/// logged `SetLimits`) read as unbounded: the writes that followed them
+/// were accepted without a byte bound and must replay the same.
+#[test]
+fn limits_recorded_before_the_byte_bound_read_as_unbounded() {
+    let small = Limits {
+        max_kv_bytes: 10,
+        history_depth: 3,
+        ..Limits::default()
+    };
+    let mut logged = serde_json::to_value(Command::set_limits(small)).unwrap();
+    let limits = logged["op"]["limits"].as_object_mut().expect("op.limits");
+    assert!(limits.remove("max_kv_bytes").is_some());
+    let command: Command = serde_json::from_value(logged).unwrap();
+    let mut h = Harness::new();
+    h.run(command).unwrap();
+    assert_eq!(h.machine.limits().history_depth, 3, "the rest as recorded");
+    assert_eq!(h.machine.limits().max_kv_bytes, u64::MAX);
+    h.op("a", put_op("big/one", json!("x".repeat(100)), None))
+        .unwrap();
+
+    // The same in a snapshot's limits.
+    let mut snapshot: Value = serde_json::from_slice(&h.machine.snapshot()).unwrap();
+    snapshot["limits"]
+        .as_object_mut()
+        .unwrap()
+        .remove("max_kv_bytes");
+    let restored =
+        StateMachine::restore(&serde_json::to_vec(&snapshot).unwrap(), Limits::default()).unwrap();
+    assert_eq!(restored.limits().max_kv_bytes, u64::MAX);
+    // And a config file without it takes the default bound, as a new server should.
+    let configured: Limits = serde_json::from_value(json!({"history_depth": 3})).unwrap();
+    assert_eq!(configured.max_kv_bytes, Limits::default().max_kv_bytes);
+}

@@ -251,13 +251,20 @@ fn the_snapshot_format_is_unchanged_and_an_earlier_builds_snapshot_restores() {
     let restored = StateMachine::restore(&before, Limits::default()).unwrap();
     assert_eq!(restored.snapshot(), bytes);
 
-    // One from before keys recorded their bytes: measured on restore, and
-    // the limits it recorded take the new limit's default.
+    // One from before keys recorded their bytes: measured on restore. Its
+    // writes were accepted without a byte bound, so the limits it recorded
+    // have none (the log after it must replay as it was accepted); all
+    // else is the same state.
     let before = std::fs::read(fixture().with_file_name("snapshot-before-kv-bytes.json")).unwrap();
     assert!(!String::from_utf8_lossy(&before).contains("\"bytes\""));
     let restored = StateMachine::restore(&before, Limits::default()).unwrap();
-    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.limits().max_kv_bytes, u64::MAX);
     assert_eq!(restored.stats(), h.machine.stats());
+    let unbounded = String::from_utf8(restored.snapshot()).unwrap().replace(
+        &format!("\"max_kv_bytes\":{}", u64::MAX),
+        &format!("\"max_kv_bytes\":{}", Limits::default().max_kv_bytes),
+    );
+    assert_eq!(unbounded.as_bytes(), bytes.as_slice());
 }
 
 /// The limits in force are part of the state: a snapshot restores under its
