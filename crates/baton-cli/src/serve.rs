@@ -17,7 +17,8 @@ use crate::output::{OutputMode, emit};
 Precedence: flags and BATON_* variables, then the --config file, then the
 defaults. `--print-config` prints the result as TOML, a starting point for a
 config file (the [limits] table bounds keys, values, locks and sessions, and
-the bytes the store keeps with history: max_kv_bytes, 1 GiB by default).
+bytes: max_kv_bytes for the store with its history and max_queue_bytes for
+queued items and dead letters, 1 GiB each by default).
 Changed limits are logged at startup and apply from then on: what was
 accepted under the old ones stays, and replays as it was accepted.
 

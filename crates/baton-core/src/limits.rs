@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// team reaches only by misuse, well before the machine runs out of memory.
 pub const DEFAULT_MAX_KV_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// Queued work, bounded like the store (see [`DEFAULT_MAX_KV_BYTES`]).
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// Bounds enforced by [`crate::StateMachine`]. `Limits::default()` is what
 /// `baton serve` runs with unless configured otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +68,9 @@ pub struct Limits {
     pub max_usage_agents_per_bucket: usize,
     /// Items in all queues (ready, claimed or delayed).
     pub max_queue_items: usize,
+    /// Bytes of the items in all queues and of their dead letters (compact
+    /// JSON). An enqueue that would pass it is refused.
+    pub max_queue_bytes: u64,
     /// Dead letters kept per queue (oldest dropped first).
     pub max_dead_letters_per_queue: usize,
     /// Deliveries before an item is dead-lettered, when enqueue does not say.
@@ -98,6 +104,7 @@ impl Default for Limits {
             max_reservations: 1_000_000,
             max_usage_agents_per_bucket: 1024,
             max_queue_items: 1_000_000,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             max_dead_letters_per_queue: 1000,
             default_max_attempts: 5,
         }
@@ -108,14 +115,16 @@ impl Limits {
     /// Limits as a snapshot or a logged `SetLimits` recorded them. A bound
     /// added since is absent from what older builds recorded, and those
     /// writes were accepted without it: replaying them must accept them
-    /// again, so an absent `max_kv_bytes` is unbounded there (a configured
+    /// again, so an absent byte bound is unbounded there (a configured
     /// server then logs its own limits once recovered), not the default.
     pub(crate) fn from_recorded(
         mut recorded: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Limits, serde_json::Error> {
-        recorded
-            .entry("max_kv_bytes")
-            .or_insert(serde_json::Value::from(u64::MAX));
+        for added_later in ["max_kv_bytes", "max_queue_bytes"] {
+            recorded
+                .entry(added_later)
+                .or_insert(serde_json::Value::from(u64::MAX));
+        }
         serde_json::from_value(serde_json::Value::Object(recorded))
     }
 }

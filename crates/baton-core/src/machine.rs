@@ -294,6 +294,9 @@ pub struct StateMachine {
     /// Derived from `kv`: the sum of every key's `bytes`. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) kv_bytes: u64,
+    /// Derived from `queues`: the sum of every queue's `bytes`. Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) queue_bytes: u64,
 }
 
 impl Default for StateMachine {
@@ -327,6 +330,7 @@ impl StateMachine {
             party_locks: Map::new(),
             locks_held: 0,
             kv_bytes: 0,
+            queue_bytes: 0,
         }
     }
 
@@ -433,6 +437,17 @@ impl StateMachine {
             stored.bytes = crate::kv::measure(&key, stored);
         }
         machine.kv_bytes = machine.kv.values().map(|stored| stored.bytes).sum();
+        let unmeasured: Vec<String> = machine
+            .queues
+            .iter()
+            .filter(|(_, queue)| queue.bytes == 0)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in unmeasured {
+            let queue = machine.queues.get_mut(&name).expect("listed above");
+            queue.bytes = queue.measure();
+        }
+        machine.queue_bytes = machine.queues.values().map(|queue| queue.bytes).sum();
         Ok(machine)
     }
 
@@ -445,6 +460,7 @@ impl StateMachine {
             locks_waiting: self.locks.len() - self.locks_held,
             keys: self.kv.len(),
             kv_bytes: self.kv_bytes,
+            queue_bytes: self.queue_bytes,
             idempotency_records: self.idempotency_order.len(),
         }
     }

@@ -53,9 +53,24 @@ pub(crate) struct Queue {
     /// Ready item ids; the smallest (oldest) is claimed first.
     pub ready: Set<u64>,
     pub dead: VecDeque<DeadLetter>,
+    /// What the queue counts against `max_queue_bytes`: the compact JSON of
+    /// its items and dead letters. 0 in snapshots from before it was
+    /// recorded, and then measured on restore.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 impl Queue {
+    /// `bytes`, measured from the contents.
+    pub(crate) fn measure(&self) -> u64 {
+        let items = self.items.values().map(|i| &i.value);
+        let dead = self.dead.iter().map(|d| &d.item);
+        items
+            .chain(dead)
+            .map(|value| validate::json_size(value) as u64)
+            .sum()
+    }
+
     fn counts(&self) -> (usize, usize) {
         let in_flight = self
             .items
@@ -82,7 +97,7 @@ impl StateMachine {
         fx: &mut Effects,
     ) -> Reply {
         validate::key("queue", name, &self.limits)?;
-        validate::value("item", item, &self.limits)?;
+        let size = validate::value("item", item, &self.limits)? as u64;
         let max_attempts = max_attempts.unwrap_or(self.limits.default_max_attempts);
         if max_attempts == 0 {
             return Err(Error::invalid("max_attempts", "at least 1 delivery"));
@@ -97,6 +112,18 @@ impl StateMachine {
             )
             .with_retry_after(1000));
         }
+        let limit = self.limits.max_queue_bytes;
+        if self.queue_bytes.saturating_add(size) > limit {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "queued items and dead letters hold {} bytes, and this item is {size}; the limit is {limit} (max_queue_bytes): let consumers catch up",
+                    self.queue_bytes
+                ),
+            )
+            .with_retry_after(1000)
+            .with_details(json!({ "queue_bytes": self.queue_bytes, "adding": size, "max_queue_bytes": limit })));
+        }
         if !self.queues.contains_key(name)
             && self.quotas.len() + self.buckets.len() + self.queues.len()
                 >= self.limits.max_quotas_and_buckets
@@ -107,7 +134,9 @@ impl StateMachine {
             ));
         }
         let now = self.now;
+        self.queue_bytes += size;
         let queue = self.queues.entry(name.to_string()).or_default();
+        queue.bytes += size;
         queue.items.insert(
             seq,
             Item {
@@ -242,11 +271,11 @@ impl StateMachine {
         self.set_deadline(Some(until), None, Deadline::QueueItem(name.to_string(), id));
         let outcome = match delay_ms {
             None => {
-                self.queues
-                    .get_mut(name)
-                    .expect("checked")
-                    .items
-                    .remove(&id);
+                let queue = self.queues.get_mut(name).expect("checked");
+                let item = queue.items.remove(&id).expect("checked");
+                let size = validate::json_size(&item.value) as u64;
+                queue.bytes -= size;
+                self.queue_bytes -= size;
                 "acked"
             }
             Some(delay) => self.requeue(name, id, delay),
@@ -291,7 +320,10 @@ impl StateMachine {
                 dead_at: now,
             });
             while queue.dead.len() > max_dead {
-                queue.dead.pop_front();
+                let dropped = queue.dead.pop_front().expect("longer than the limit");
+                let size = validate::json_size(&dropped.item) as u64;
+                queue.bytes -= size;
+                self.queue_bytes -= size;
             }
             return "dead_lettered";
         }

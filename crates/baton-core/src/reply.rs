@@ -308,6 +308,8 @@ pub struct Stats {
     /// What the keys count against `max_kv_bytes`: names and every kept
     /// version's compact JSON.
     pub kv_bytes: u64,
+    /// What queued items and dead letters count against `max_queue_bytes`.
+    pub queue_bytes: u64,
     pub idempotency_records: usize,
 }
 

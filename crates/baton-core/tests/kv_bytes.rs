@@ -265,11 +265,13 @@ fn limits_recorded_before_the_byte_bound_read_as_unbounded() {
     let mut logged = serde_json::to_value(Command::set_limits(small)).unwrap();
     let limits = logged["op"]["limits"].as_object_mut().expect("op.limits");
     assert!(limits.remove("max_kv_bytes").is_some());
+    assert!(limits.remove("max_queue_bytes").is_some());
     let command: Command = serde_json::from_value(logged).unwrap();
     let mut h = Harness::new();
     h.run(command).unwrap();
     assert_eq!(h.machine.limits().history_depth, 3, "the rest as recorded");
     assert_eq!(h.machine.limits().max_kv_bytes, u64::MAX);
+    assert_eq!(h.machine.limits().max_queue_bytes, u64::MAX);
     h.op("a", put_op("big/one", json!("x".repeat(100)), None))
         .unwrap();
 

@@ -238,3 +238,135 @@ proptest! {
         }
     }
 }
+
+/// `queue_bytes` measured from scratch: every queue's items and dead
+/// letters, as the snapshot holds them.
+fn measured_queue_bytes(h: &Harness) -> u64 {
+    let snapshot: serde_json::Value = serde_json::from_slice(&h.machine.snapshot()).unwrap();
+    let size = |v: &serde_json::Value| baton_core::validate::json_size(v) as u64;
+    snapshot["queues"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|queue| {
+            let items: u64 = queue["items"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|i| size(&i["value"]))
+                .sum();
+            let dead: u64 = queue["dead"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| size(&d["item"]))
+                .sum();
+            items + dead
+        })
+        .sum()
+}
+
+#[test]
+fn a_full_queue_store_refuses_an_enqueue_and_an_ack_makes_room() {
+    let mut h = Harness::with_limits(Limits {
+        max_queue_bytes: 250,
+        ..Limits::default()
+    });
+    let item = json!("x".repeat(98)); // 100 bytes
+    enqueue(&mut h, item.clone(), Some(1));
+    enqueue(&mut h, item.clone(), Some(1));
+    let refused = h.op(
+        "producer",
+        Op::QueueEnqueue {
+            queue: "jobs/other".into(),
+            item: item.clone(),
+            max_attempts: None,
+        },
+    );
+    let error = err(&refused);
+    assert_eq!(error.code, ErrorCode::QuotaExceeded, "{error:?}");
+    assert!(
+        error.message.contains("max_queue_bytes"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        h.machine.queue_status("jobs/other").unwrap().ready,
+        0,
+        "nothing applied"
+    );
+    assert_eq!(h.machine.stats().queue_bytes, 200);
+
+    // A dead letter still counts; an ack frees its item.
+    let first = claim(&mut h, "w", 1000).unwrap();
+    let nack = Op::QueueNack {
+        queue: "jobs/build".into(),
+        item_id: first.item_id,
+        claim_token: first.claim_token,
+        delay_ms: 0,
+    };
+    h.op("w", nack).unwrap();
+    assert_eq!(
+        h.machine.queue_status("jobs/build").unwrap().dead_lettered,
+        1
+    );
+    assert_eq!(h.machine.stats().queue_bytes, 200);
+    let second = claim(&mut h, "w", 1000).unwrap();
+    let ack = Op::QueueAck {
+        queue: "jobs/build".into(),
+        item_id: second.item_id,
+        claim_token: second.claim_token,
+    };
+    h.op("w", ack).unwrap();
+    assert_eq!(h.machine.stats().queue_bytes, 100);
+    enqueue(&mut h, item, None);
+    assert_eq!(h.machine.stats().queue_bytes, measured_queue_bytes(&h));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Whatever is enqueued, claimed, acked, nacked, expired or
+    /// dead-lettered (and dropped past the dead-letter limit), the count is
+    /// what the queues hold, never passes its limit, and survives a snapshot.
+    #[test]
+    fn queue_bytes_are_exact_and_never_pass_the_limit(steps in proptest::collection::vec((0u8..5, 0u64..600, any::<usize>()), 1..150)) {
+        const LIMIT: u64 = 3_000;
+        let mut h = Harness::with_limits(Limits {
+            max_queue_bytes: LIMIT,
+            max_dead_letters_per_queue: 2,
+            ..Limits::default()
+        });
+        let mut live: Vec<QueueItem> = Vec::new();
+        for (kind, n, pick) in steps {
+            match kind {
+                0 => {
+                    let reply = h.op("producer", Op::QueueEnqueue {
+                        queue: "jobs/build".into(),
+                        item: json!("i".repeat(n as usize)),
+                        max_attempts: Some(2),
+                    });
+                    if let Err(error) = &reply {
+                        prop_assert_eq!(error.code, ErrorCode::QuotaExceeded);
+                    }
+                }
+                1 => if let Some(item) = claim(&mut h, "w", 50 + n) { live.push(item) },
+                2 | 3 if !live.is_empty() => {
+                    let item = live.remove(pick % live.len());
+                    let op = if kind == 2 {
+                        Op::QueueAck { queue: "jobs/build".into(), item_id: item.item_id, claim_token: item.claim_token }
+                    } else {
+                        Op::QueueNack { queue: "jobs/build".into(), item_id: item.item_id, claim_token: item.claim_token, delay_ms: n % 100 }
+                    };
+                    let _ = h.op("w", op);
+                }
+                _ => h.advance(n),
+            }
+            let queue_bytes = h.machine.stats().queue_bytes;
+            prop_assert_eq!(queue_bytes, measured_queue_bytes(&h));
+            prop_assert!(queue_bytes <= LIMIT);
+        }
+        let restored = StateMachine::restore(&h.machine.snapshot(), Limits::default()).unwrap();
+        prop_assert_eq!(restored.stats(), h.machine.stats());
+    }
+}

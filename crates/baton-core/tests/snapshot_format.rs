@@ -6,8 +6,8 @@
 //! `fixtures/snapshot-before-limits.json` is the same scenario written by
 //! the build before that (and before the state moved to persistent maps),
 //! and `fixtures/snapshot-before-kv-bytes.json` by the build before keys
-//! recorded what they count against `max_kv_bytes`: both must still
-//! restore, to the same state.
+//! and queues recorded what they count against `max_kv_bytes` and
+//! `max_queue_bytes`: both must still restore, to the same state.
 
 mod common;
 
@@ -259,11 +259,18 @@ fn the_snapshot_format_is_unchanged_and_an_earlier_builds_snapshot_restores() {
     assert!(!String::from_utf8_lossy(&before).contains("\"bytes\""));
     let restored = StateMachine::restore(&before, Limits::default()).unwrap();
     assert_eq!(restored.limits().max_kv_bytes, u64::MAX);
+    assert_eq!(restored.limits().max_queue_bytes, u64::MAX);
     assert_eq!(restored.stats(), h.machine.stats());
-    let unbounded = String::from_utf8(restored.snapshot()).unwrap().replace(
-        &format!("\"max_kv_bytes\":{}", u64::MAX),
-        &format!("\"max_kv_bytes\":{}", Limits::default().max_kv_bytes),
-    );
+    let mut unbounded = String::from_utf8(restored.snapshot()).unwrap();
+    for (field, default) in [
+        ("max_kv_bytes", Limits::default().max_kv_bytes),
+        ("max_queue_bytes", Limits::default().max_queue_bytes),
+    ] {
+        unbounded = unbounded.replace(
+            &format!("\"{field}\":{}", u64::MAX),
+            &format!("\"{field}\":{default}"),
+        );
+    }
     assert_eq!(unbounded.as_bytes(), bytes.as_slice());
 }
 

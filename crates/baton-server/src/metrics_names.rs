@@ -18,6 +18,8 @@ pub const SESSIONS: &str = "baton_sessions";
 pub const KEYS: &str = "baton_keys";
 /// What the keys count against `max_kv_bytes` (names and kept versions).
 pub const KV_BYTES: &str = "baton_kv_bytes";
+/// What queued items and dead letters count against `max_queue_bytes`.
+pub const QUEUE_BYTES: &str = "baton_queue_bytes";
 pub const REVISION: &str = "baton_revision";
 /// Seconds to take a snapshot, start to durable.
 pub const SNAPSHOT_SECONDS: &str = "baton_snapshot_seconds";
@@ -101,5 +103,6 @@ pub fn set_gauges(stats: &baton_core::Stats) {
     metrics::gauge!(SESSIONS).set(stats.sessions as f64);
     metrics::gauge!(KEYS).set(stats.keys as f64);
     metrics::gauge!(KV_BYTES).set(stats.kv_bytes as f64);
+    metrics::gauge!(QUEUE_BYTES).set(stats.queue_bytes as f64);
     metrics::gauge!(REVISION).set(stats.revision as f64);
 }

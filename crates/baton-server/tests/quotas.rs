@@ -381,3 +381,37 @@ async fn an_ack_with_a_delay_is_refused_and_leaves_the_item_claimed() {
     assert_eq!(nacked.ok()["outcome"], "delayed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_queue_store_refuses_an_enqueue_with_429_and_shows_in_status() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let dir = tempdir.path();
+    let mut limited = config(dir);
+    limited.limits.max_queue_bytes = 250;
+    let server = TestServer::start_in(dir, limited).await;
+    let api = server.client("producer");
+    let item = json!("x".repeat(98)); // 100 bytes
+    for _ in 0..2 {
+        api.post(
+            "/v1/queues/enqueue",
+            json!({"queue": "jobs/full", "item": item}),
+        )
+        .await
+        .ok();
+    }
+    let refused = api
+        .post(
+            "/v1/queues/enqueue",
+            json!({"queue": "jobs/full", "item": item}),
+        )
+        .await;
+    assert_eq!((refused.status, refused.code()), (429, "QUOTA_EXCEEDED"));
+    assert!(refused.body["error"]["retry_after_ms"].as_u64().is_some());
+    assert_eq!(
+        api.get("/v1/queue-status/jobs/full").await.ok()["ready"],
+        2,
+        "nothing applied"
+    );
+    assert_eq!(api.get("/v1/status").await.ok()["queue_bytes"], 200);
+    server.stop().await;
+}
