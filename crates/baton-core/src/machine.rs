@@ -297,6 +297,11 @@ pub struct StateMachine {
     /// Derived from `queues`: the sum of every queue's `bytes`. Rebuilt on restore.
     #[serde(skip)]
     pub(crate) queue_bytes: u64,
+    /// Derived from `queues`: items in all of them, against
+    /// `max_queue_items` without a walk over every queue per enqueue.
+    /// Rebuilt on restore.
+    #[serde(skip)]
+    pub(crate) queue_items: usize,
 }
 
 impl Default for StateMachine {
@@ -331,6 +336,7 @@ impl StateMachine {
             locks_held: 0,
             kv_bytes: 0,
             queue_bytes: 0,
+            queue_items: 0,
         }
     }
 
@@ -448,6 +454,7 @@ impl StateMachine {
             queue.bytes = queue.measure();
         }
         machine.queue_bytes = machine.queues.values().map(|queue| queue.bytes).sum();
+        machine.queue_items = machine.queues.values().map(|queue| queue.items.len()).sum();
         Ok(machine)
     }
 

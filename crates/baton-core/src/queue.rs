@@ -83,10 +83,6 @@ impl Queue {
 }
 
 impl StateMachine {
-    fn queue_items_total(&self) -> usize {
-        self.queues.values().map(|q| q.items.len()).sum()
-    }
-
     pub(crate) fn queue_enqueue(
         &mut self,
         seq: u64,
@@ -102,7 +98,7 @@ impl StateMachine {
         if max_attempts == 0 {
             return Err(Error::invalid("max_attempts", "at least 1 delivery"));
         }
-        if self.queue_items_total() >= self.limits.max_queue_items {
+        if self.queue_items >= self.limits.max_queue_items {
             return Err(Error::new(
                 ErrorCode::QuotaExceeded,
                 format!(
@@ -135,6 +131,7 @@ impl StateMachine {
         }
         let now = self.now;
         self.queue_bytes += size;
+        self.queue_items += 1;
         let queue = self.queues.entry(name.to_string()).or_default();
         queue.bytes += size;
         queue.items.insert(
@@ -273,6 +270,7 @@ impl StateMachine {
             None => {
                 let queue = self.queues.get_mut(name).expect("checked");
                 let item = queue.items.remove(&id).expect("checked");
+                self.queue_items -= 1;
                 let size = validate::json_size(&item.value) as u64;
                 queue.bytes -= size;
                 self.queue_bytes -= size;
@@ -313,6 +311,7 @@ impl StateMachine {
         let item = queue.items.get_mut(&id).expect("item exists");
         if item.attempts >= item.max_attempts {
             let item = queue.items.remove(&id).expect("item exists");
+            self.queue_items -= 1;
             queue.dead.push_back(DeadLetter {
                 item_id: id,
                 item: item.value,

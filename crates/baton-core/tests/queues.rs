@@ -370,3 +370,81 @@ proptest! {
         prop_assert_eq!(restored.stats(), h.machine.stats());
     }
 }
+
+#[test]
+fn max_queue_items_counts_every_queue_and_survives_a_restore() {
+    let limits = Limits {
+        max_queue_items: 3,
+        ..Limits::default()
+    };
+    let mut h = Harness::with_limits(limits.clone());
+    let enqueue_to = |h: &mut Harness, queue: &str| {
+        h.op(
+            "producer",
+            Op::QueueEnqueue {
+                queue: queue.into(),
+                item: json!(1),
+                max_attempts: Some(1),
+            },
+        )
+    };
+    enqueue_to(&mut h, "jobs/build").unwrap();
+    enqueue_to(&mut h, "jobs/a").unwrap();
+    enqueue_to(&mut h, "jobs/b").unwrap();
+    let full = enqueue_to(&mut h, "jobs/c");
+    assert_eq!(err(&full).code, ErrorCode::QuotaExceeded, "{full:?}");
+    assert!(err(&full).message.contains("max_queue_items"));
+    assert_eq!(h.machine.queue_status("jobs/c").unwrap().ready, 0);
+
+    // Acked and dead-lettered items leave the count.
+    let item = claim(&mut h, "w", 1000).unwrap();
+    let ack = Op::QueueAck {
+        queue: "jobs/build".into(),
+        item_id: item.item_id,
+        claim_token: item.claim_token,
+    };
+    h.op("w", ack).unwrap();
+    enqueue_to(&mut h, "jobs/c").unwrap();
+    assert_eq!(
+        err(&enqueue_to(&mut h, "jobs/d")).code,
+        ErrorCode::QuotaExceeded
+    );
+
+    let mut restored = Harness::with_limits(limits);
+    restored.machine = StateMachine::restore(&h.machine.snapshot(), Limits::default()).unwrap();
+    restored.seq = h.seq;
+    restored.time = h.time;
+    assert_eq!(
+        err(&enqueue_to(&mut restored, "jobs/d")).code,
+        ErrorCode::QuotaExceeded,
+        "the count is rebuilt on restore"
+    );
+    let item = restored
+        .op(
+            "w",
+            Op::QueueClaim {
+                queue: "jobs/a".into(),
+                visibility_ms: 1000,
+            },
+        )
+        .unwrap();
+    let Response::QueueItem(item) = item else {
+        panic!("{item:?}")
+    };
+    let nack = Op::QueueNack {
+        queue: "jobs/a".into(),
+        item_id: item.item_id,
+        claim_token: item.claim_token,
+        delay_ms: 0,
+    };
+    restored.op("w", nack).unwrap();
+    assert_eq!(
+        restored
+            .machine
+            .queue_status("jobs/a")
+            .unwrap()
+            .dead_lettered,
+        1
+    );
+    enqueue_to(&mut restored, "jobs/d").unwrap();
+}
