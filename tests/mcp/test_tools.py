@@ -82,6 +82,7 @@ async def test_initialize_lists_tools_with_valid_schemas(baton, transport):
         assert "state_put with if_version" in by_name["state_patch"].description
         assert "CONCURRENT_MODIFICATION" in by_name["state_put"].description
         assert "FENCED" in by_name["state_put"].description
+        assert "max_kv_bytes" in by_name["state_put"].description
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -1155,7 +1155,7 @@ pub fn all() -> Vec<Tool> {
         ),
         tool::<StatePutArgs>(
             "state_put",
-            "Replace a key's whole JSON value. When the new value is computed from a value you read, ALWAYS pass if_version (the version you read; 0 = must not exist yet), or hold a lock and pass its fence (and `release: lock_id` on your last write under it). To change one field, prefer state_patch with a merge patch. Errors: CONCURRENT_MODIFICATION = the key changed since you read it (details.current_version and current_value hold the current state): redo your change on the current value and put again with if_version = current_version; FENCED = you no longer hold the lock: stop writing.",
+            "Replace a key's whole JSON value. When the new value is computed from a value you read, ALWAYS pass if_version (the version you read; 0 = must not exist yet), or hold a lock and pass its fence (and `release: lock_id` on your last write under it). To change one field, prefer state_patch with a merge patch. Errors: CONCURRENT_MODIFICATION = the key changed since you read it (details.current_version and current_value hold the current state): redo your change on the current value and put again with if_version = current_version; FENCED = you no longer hold the lock: stop writing; QUOTA_EXCEEDED = the store is full (details.max_kv_bytes): nothing was written; delete keys you no longer need, or tell the operator.",
             writes(true, false),
         ),
         tool::<StatePatchArgs>(
@@ -1185,7 +1185,7 @@ pub fn all() -> Vec<Tool> {
         ),
         tool::<CounterAddArgs>(
             "counter_add",
-            "Atomically add delta to a counter (no read-modify-write needed, never loses an increment). With min/max the add is refused (QUOTA_EXCEEDED) instead of crossing the bound: use it to take a slot from a pool (delta -1, min 0). Pass an idempotency_key if you may retry.",
+            "Atomically add delta to a counter (no read-modify-write needed, never loses an increment). With min/max the add is refused (QUOTA_EXCEEDED) instead of crossing the bound: use it to take a slot from a pool (delta -1, min 0). The same code with details.max_kv_bytes means the store is full, not the bound. Pass an idempotency_key if you may retry.",
             writes(false, false),
         ),
         tool::<SemaphoreAcquireArgs>(
