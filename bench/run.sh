@@ -14,6 +14,7 @@
 #                 :6381 appendonly yes, appendfsync everysec (not durable)
 #   PostgreSQL    :5432 is expected to run (db test, trust auth)
 #   baton-bench floor :17713 (the transport floor: canned answers, no work)
+#   baton-bench floor --axum :17714 (the same through axum, as baton serve)
 # then runs baton-bench with every argument given here, which prints the
 # table and writes bench/results/<date>.json, <date>.md and latest.md.
 # Everything the script started is stopped on exit (by its process id).
@@ -145,6 +146,10 @@ EXTRAS_PID=$LAST_PID
 STARTED+=($!)
 SERVER_PIDS+=(--server-pid "floor-sdk=$!" --server-pid "floor-raw=$!")
 wait_for 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/17713' || log "the floor did not come up (see $WORK/floor.log)"
+"$BENCH" floor --axum --listen 127.0.0.1:17714 >"$WORK/floor-axum.log" 2>&1 &
+STARTED+=($!)
+SERVER_PIDS+=(--server-pid "floor-axum-sdk=$!" --server-pid "floor-axum-raw=$!")
+wait_for 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/17714' || log "the axum floor did not come up (see $WORK/floor-axum.log)"
 
 # Each server's CPU per operation, where it is one process we can name
 # (PostgreSQL runs a backend process per connection: not counted).
@@ -159,6 +164,7 @@ if [[ -n "$pid" ]]; then SERVER_PIDS+=(--server-pid "etcd=$pid"); fi
 log "running baton-bench $*"
 export BATON_BENCH_COMMAND="bench/run.sh $*"
 "$BENCH" --baton-url http://127.0.0.1:17711 --floor-url http://127.0.0.1:17713 \
+    --floor-axum-url http://127.0.0.1:17714 \
     --extras-url http://127.0.0.1:17712 --extras-pid "$EXTRAS_PID" \
     --restart-bench "$RESTART_BENCH" --probe-dir "$WORK" "${SERVER_PIDS[@]}" \
     --results-dir "$ROOT/bench/results" "$@"

@@ -134,6 +134,45 @@ pub fn serve(listen: SocketAddr) -> anyhow::Result<()> {
         })
 }
 
+/// `baton-bench floor --axum`: the same canned answers through Baton's own
+/// transport stack (axum on hyper, tokio's multi-thread runtime with its
+/// default workers, as `baton serve` runs), still with no JSON, state or
+/// disk: the least a server built the way DESIGN.md prescribes can cost.
+pub fn serve_axum(listen: SocketAddr) -> anyhow::Result<()> {
+    use axum::routing::{delete, post};
+    let answers: &'static Answers = Box::leak(Box::new(Answers::new()));
+    let body = |answer: &'static [u8]| {
+        let at = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a canned answer has a head")
+            + 4;
+        &answer[at..]
+    };
+    let (acquire, release) = (body(&answers.acquire), body(&answers.release));
+    let json = |bytes: &'static [u8]| {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+    };
+    let app = axum::Router::new()
+        .route("/v1/locks", post(move || async move { json(acquire) }))
+        .route(
+            "/v1/locks/{id}",
+            delete(move || async move { json(release) }),
+        );
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            let listener = TcpListener::bind(listen).await?;
+            eprintln!("baton-bench floor: answering through axum on {listen}");
+            axum::serve(listener, app).await?;
+            Ok(())
+        })
+}
+
 async fn answer_connection(mut stream: TcpStream, answers: &Answers) -> anyhow::Result<()> {
     let mut buffer = Vec::with_capacity(4096);
     loop {

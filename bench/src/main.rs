@@ -42,7 +42,8 @@ Examples:
   baton-bench --quick
   baton-bench --duration 5s --clients 1,16,64 --results-dir bench/results
   baton-bench --systems baton,etcd --workloads lock-contended --clients 64 --no-extras
-  baton-bench floor --listen 127.0.0.1:17713    (the transport floor's server)"
+  baton-bench floor --listen 127.0.0.1:17713    (the transport floor's server)
+  baton-bench floor --axum --listen 127.0.0.1:17714   (the same through axum)"
 )]
 struct Args {
     #[command(subcommand)]
@@ -71,12 +72,13 @@ struct Args {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
     /// Systems, comma-separated: baton, etcd, redis-always, redis-everysec,
-    /// postgres, and the transport floor's floor-sdk and floor-raw (a server
-    /// that does no work: lock-uncontended only)
+    /// postgres, and the transport floor's floor-sdk, floor-raw,
+    /// floor-axum-sdk and floor-axum-raw (a server that does no work:
+    /// lock-uncontended only)
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baton,etcd,redis-always,redis-everysec,postgres,floor-sdk,floor-raw"
+        default_value = "baton,etcd,redis-always,redis-everysec,postgres,floor-sdk,floor-raw,floor-axum-sdk,floor-axum-raw"
     )]
     systems: Vec<SystemName>,
     /// Workloads, comma-separated: lock-uncontended, lock-contended, cas-counter, counter-add, kv-put
@@ -104,6 +106,9 @@ struct Args {
     /// `baton-bench floor`, the server that does no work
     #[arg(long, default_value = "http://127.0.0.1:17713")]
     floor_url: String,
+    /// `baton-bench floor --axum`, the same through axum
+    #[arg(long, default_value = "http://127.0.0.1:17714")]
+    floor_axum_url: String,
     /// A system's server process, as system=pid (repeatable): each cell then
     /// reports that process's CPU per operation beside the load generator's
     #[arg(long = "server-pid", value_parser = parse_server_pid)]
@@ -154,13 +159,21 @@ enum Command {
     Floor {
         #[arg(long, default_value = "127.0.0.1:17713")]
         listen: std::net::SocketAddr,
+        /// Serve through axum on a multi-thread runtime, as `baton serve`
+        /// does, instead of one hand-written thread
+        #[arg(long)]
+        axum: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
-    if let Some(Command::Floor { listen }) = args.command {
-        return floor::serve(listen);
+    if let Some(Command::Floor { listen, axum }) = args.command {
+        return if axum {
+            floor::serve_axum(listen)
+        } else {
+            floor::serve(listen)
+        };
     }
     if args.quick {
         args.duration = Duration::from_millis(400);
@@ -201,7 +214,13 @@ fn system_of(args: &Args, name: SystemName) -> System {
         },
         SystemName::FloorSdk | SystemName::FloorRaw => System::Floor {
             url: args.floor_url.clone(),
+            axum: false,
             raw: name == SystemName::FloorRaw,
+        },
+        SystemName::FloorAxumSdk | SystemName::FloorAxumRaw => System::Floor {
+            url: args.floor_axum_url.clone(),
+            axum: true,
+            raw: name == SystemName::FloorAxumRaw,
         },
     }
 }

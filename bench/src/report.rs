@@ -12,9 +12,19 @@ use crate::workload::{CellResult, Workload};
 
 /// The peers in table order; Baton is compared with each.
 pub const PEERS: [&str; 4] = ["etcd", "redis-always", "redis-everysec", "postgres"];
-/// The transport floor (`crate::floor`) through Baton's client and raw.
-pub const FLOOR_SDK: &str = "floor-sdk";
-pub const FLOOR_RAW: &str = "floor-raw";
+/// The transport floor (`crate::floor`): hand-written and through axum,
+/// each driven raw and by Baton's client, with what each one stands for.
+pub const FLOORS: [(&str, &str); 4] = [
+    ("floor-raw", "a raw client"),
+    ("floor-sdk", "Baton's client"),
+    (
+        "floor-axum-raw",
+        "Baton's transport (axum) and a raw client",
+    ),
+    ("floor-axum-sdk", "Baton's transport and client"),
+];
+/// The floor Baton itself is compared with: its own client, no server work.
+const FLOOR_SDK: &str = "floor-sdk";
 
 #[derive(Debug, Serialize)]
 pub struct SystemInfo {
@@ -101,9 +111,9 @@ impl Report {
     /// `peer`: the most a server that does no work reached, per client.
     fn ceiling(&self, peer: &str, clients: usize) -> Option<String> {
         let of = |floor| self.ratio_of(floor, peer, Workload::LockUncontended, clients);
-        let parts: Vec<String> = [("Baton's client", FLOOR_SDK), ("a raw client", FLOOR_RAW)]
+        let parts: Vec<String> = FLOORS
             .into_iter()
-            .filter_map(|(client, floor)| of(floor).map(|r| format!("{r:.2}× with {client}")))
+            .filter_map(|(floor, with)| of(floor).map(|r| format!("{r:.2}× with {with}")))
             .collect();
         (!parts.is_empty())
             .then(|| format!("a server that does no work reaches {}", parts.join(", ")))
@@ -472,64 +482,67 @@ impl Report {
     /// that does no work, beside Baton and redis-always.
     fn floor_markdown(&self, md: &mut String) {
         let workload = Workload::LockUncontended;
-        let rows: Vec<usize> = self
-            .settings
-            .clients
+        let floors: Vec<&str> = FLOORS
             .iter()
-            .copied()
-            .filter(|&c| {
-                self.cell(FLOOR_SDK, workload, c).is_some()
-                    || self.cell(FLOOR_RAW, workload, c).is_some()
+            .map(|&(floor, _)| floor)
+            .filter(|floor| {
+                self.settings
+                    .clients
+                    .iter()
+                    .any(|&c| self.cell(floor, workload, c).is_some())
             })
             .collect();
-        if rows.is_empty() {
+        if floors.is_empty() {
             return;
         }
         let _ = writeln!(
             md,
-            "\n## The transport floor: lock-uncontended against a server that does no work\n\n`baton-bench floor` answers Baton's lock acquire and release with canned replies of the real server's shape and size, from one thread: no routing, JSON, state or disk. `floor-sdk` drives it with Baton's Rust client, exactly as the bench drives Baton; `floor-raw` writes the same request bytes and reads each answer with no HTTP library. One HTTP/1.1 round trip per command, one connection per client, like every system here. A floor's ratio over a peer is the most any server could reach against that peer with that client on this machine.\n"
+            "\n## The transport floor: lock-uncontended against a server that does no work\n\n`baton-bench floor` answers Baton's lock acquire and release with canned replies of the real server's shape and size: no JSON, state or disk. `floor-*` is the cheapest server there is (one hand-written thread, no routing); `floor-axum-*` serves the same bytes through axum on tokio's multi-thread runtime, the stack `baton serve` is built on. `*-sdk` drives it with Baton's Rust client, exactly as the bench drives Baton; `*-raw` writes the same request bytes and reads each answer with no HTTP library. One HTTP/1.1 round trip per command, one connection per client, like every system here. A floor's ratio over a peer is the most any server built that way could reach against that peer with that client on this machine.\n"
         );
+        let columns = |f: &dyn Fn(&str) -> String| {
+            floors
+                .iter()
+                .chain(&["baton", "redis-always"])
+                .map(|s| f(s))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let header = columns(&|s| s.to_string());
+        let ratios: Vec<String> = floors
+            .iter()
+            .map(|f| format!("{f} ÷ redis-always"))
+            .chain([format!("baton ÷ {FLOOR_SDK}")])
+            .collect();
         let _ = writeln!(
             md,
-            "| clients | {FLOOR_RAW} | {FLOOR_SDK} | baton | redis-always | {FLOOR_RAW} ÷ redis-always | {FLOOR_SDK} ÷ redis-always | baton ÷ {FLOOR_SDK} |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "| clients | {header} | {} |\n|---:|{}",
+            ratios.join(" | "),
+            "---:|".repeat(floors.len() * 2 + 3)
         );
-        let figure = |system: &str, clients| {
-            self.cell(system, workload, clients)
-                .map_or("—".into(), |c| rate(c.throughput))
-        };
         let share = |system: &str, over: &str, clients| {
             self.ratio_of(system, over, workload, clients)
                 .map_or("—".into(), |r| format!("{r:.2}×"))
         };
-        for &clients in &rows {
-            let _ = writeln!(
-                md,
-                "| {clients} | {} | {} | {} | {} | {} | {} | {} |",
-                figure(FLOOR_RAW, clients),
-                figure(FLOOR_SDK, clients),
-                figure("baton", clients),
-                figure("redis-always", clients),
-                share(FLOOR_RAW, "redis-always", clients),
-                share(FLOOR_SDK, "redis-always", clients),
-                share("baton", FLOOR_SDK, clients),
-            );
+        for &clients in &self.settings.clients {
+            let figures = columns(&|s| {
+                self.cell(s, workload, clients)
+                    .map_or("—".into(), |c| rate(c.throughput))
+            });
+            let shares: Vec<String> = floors
+                .iter()
+                .map(|f| share(f, "redis-always", clients))
+                .chain([share("baton", FLOOR_SDK, clients)])
+                .collect();
+            let _ = writeln!(md, "| {clients} | {figures} | {} |", shares.join(" | "));
         }
         let _ = writeln!(
             md,
-            "\nCPU per acquire + release, µs, server/client (user + system from `/proc`; the two share this machine's cores, so throughput is bounded by their sum):\n\n| clients | {FLOOR_RAW} | {FLOOR_SDK} | baton | redis-always |\n|---:|---:|---:|---:|---:|"
+            "\nCPU per acquire + release, µs, server/client (user + system from `/proc`; the two share this machine's cores, so throughput is bounded by their sum):\n\n| clients | {header} |\n|---:|{}",
+            "---:|".repeat(floors.len() + 2)
         );
-        let cpu = |system: &str, clients| {
-            cpu_text(self.cell(system, workload, clients).and_then(|c| c.cpu))
-        };
-        for &clients in &rows {
-            let _ = writeln!(
-                md,
-                "| {clients} | {} | {} | {} | {} |",
-                cpu(FLOOR_RAW, clients),
-                cpu(FLOOR_SDK, clients),
-                cpu("baton", clients),
-                cpu("redis-always", clients),
-            );
+        for &clients in &self.settings.clients {
+            let cpus = columns(&|s| cpu_text(self.cell(s, workload, clients).and_then(|c| c.cpu)));
+            let _ = writeln!(md, "| {clients} | {cpus} |");
         }
     }
 }

@@ -36,9 +36,12 @@ pub enum System {
         conninfo: String,
     },
     /// The transport floor (`crate::floor`): a server that does no work,
-    /// driven by Baton's client (`floor-sdk`) or by raw bytes (`floor-raw`).
+    /// hand-written (`floor-*`) or through axum as `baton serve` is
+    /// (`floor-axum-*`), driven by Baton's client (`*-sdk`) or by raw
+    /// bytes (`*-raw`).
     Floor {
         url: String,
+        axum: bool,
         raw: bool,
     },
 }
@@ -50,8 +53,26 @@ impl System {
             System::Etcd { .. } => "etcd",
             System::Redis { name, .. } => name,
             System::Postgres { .. } => "postgres",
-            System::Floor { raw: false, .. } => "floor-sdk",
-            System::Floor { raw: true, .. } => "floor-raw",
+            System::Floor {
+                axum: false,
+                raw: false,
+                ..
+            } => "floor-sdk",
+            System::Floor {
+                axum: false,
+                raw: true,
+                ..
+            } => "floor-raw",
+            System::Floor {
+                axum: true,
+                raw: false,
+                ..
+            } => "floor-axum-sdk",
+            System::Floor {
+                axum: true,
+                raw: true,
+                ..
+            } => "floor-axum-raw",
         }
     }
 
@@ -71,8 +92,10 @@ impl System {
             System::Etcd { url } => Conn::Etcd(etcd::Conn::connect(url).await?),
             System::Redis { url, .. } => Conn::Redis(redis::Conn::connect(url, client).await?),
             System::Postgres { conninfo } => Conn::Pg(postgres::Conn::connect(conninfo).await?),
-            System::Floor { url, raw: false } => Conn::Baton(baton::Conn::connect(url, client)?),
-            System::Floor { url, raw: true } => {
+            System::Floor {
+                url, raw: false, ..
+            } => Conn::Baton(baton::Conn::connect(url, client)?),
+            System::Floor { url, raw: true, .. } => {
                 Conn::Floor(floor::RawConn::connect(url, client).await?)
             }
         })
@@ -316,6 +339,8 @@ pub enum SystemName {
     Postgres,
     FloorSdk,
     FloorRaw,
+    FloorAxumSdk,
+    FloorAxumRaw,
 }
 
 impl FromStr for SystemName {
@@ -329,9 +354,11 @@ impl FromStr for SystemName {
             "postgres" => SystemName::Postgres,
             "floor-sdk" => SystemName::FloorSdk,
             "floor-raw" => SystemName::FloorRaw,
+            "floor-axum-sdk" => SystemName::FloorAxumSdk,
+            "floor-axum-raw" => SystemName::FloorAxumRaw,
             other => {
                 return Err(format!(
-                    "unknown system {other:?}: use baton, etcd, redis-always, redis-everysec, postgres, floor-sdk or floor-raw"
+                    "unknown system {other:?}: use baton, etcd, redis-always, redis-everysec, postgres, floor-sdk, floor-raw, floor-axum-sdk or floor-axum-raw"
                 ));
             }
         })
