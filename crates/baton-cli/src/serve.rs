@@ -25,6 +25,7 @@ accepted under the old ones stays, and replays as it was accepted.
 Examples:
   baton serve
   baton serve --listen 0.0.0.0:7700 --data-dir /var/lib/baton
+  baton serve --postgres postgres://baton@db.internal:5432/baton
   baton serve --print-config > baton.toml && baton serve --config baton.toml")]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7700]
@@ -33,6 +34,14 @@ pub struct ServeArgs {
     /// Where the log and snapshots live [default: ./baton-data]
     #[arg(long, env = "BATON_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the log and snapshots in PostgreSQL instead of --data-dir:
+    /// postgres://user@host:port/db (or host=... dbname=...); one server
+    /// per schema at a time
+    #[arg(long, env = "BATON_POSTGRES", value_name = "URL")]
+    postgres: Option<String>,
+    /// The schema of that database the log lives in, created if missing [default: baton]
+    #[arg(long, env = "BATON_POSTGRES_SCHEMA", value_name = "NAME")]
+    postgres_schema: Option<String>,
     /// A TOML file with any ServeConfig field (see --print-config)
     #[arg(long, env = "BATON_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -141,6 +150,10 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, Error> {
     }
     set(&mut config.listen, &args.listen);
     set(&mut config.data_dir, &args.data_dir);
+    if args.postgres.is_some() {
+        config.postgres = args.postgres.clone();
+    }
+    set(&mut config.postgres_schema, &args.postgres_schema);
     set(&mut config.max_wait_ms, &args.max_wait);
     set(
         &mut config.snapshot_every_commands,

@@ -3,8 +3,10 @@
 //! the entries after it.
 //!
 //! The log stores opaque bytes. It must never depend on `baton-core` (it does
-//! not know what a command is) nor on `tokio` (the trait is blocking; the
-//! server calls it from its writer thread or `spawn_blocking`).
+//! not know what a command is), and its API never needs an async runtime
+//! (the trait is blocking; the server calls it from its writer thread or
+//! `spawn_blocking`). The PostgreSQL backend's driver runs a runtime of its
+//! own inside, behind the optional `postgres` feature.
 //!
 //! Backends:
 //! - [`FileLog`]: the embedded backend, append-only segment files and
@@ -12,8 +14,10 @@
 //! - [`MemLog`]: in memory, same semantics, no durability (tests).
 //! - [`FaultyLog`]: wraps any [`Log`] and injects failures (fail-stop tests).
 //!
-//! A PostgreSQL backend will implement the same trait later; the contract
-//! below is written so that several servers can append to one shared log.
+//! - [`PgLog`] (feature `postgres`): the log in PostgreSQL tables, one
+//!   writer at a time, so the server keeps no state on its own machine.
+//!   Several servers appending to one shared log is the next step; the
+//!   contract below is written for it.
 //!
 //! # Contract, in short
 //! - Seqs start at 1 and are contiguous; 0 means "nothing".
@@ -32,6 +36,8 @@
 mod faulty;
 mod file;
 mod mem;
+#[cfg(feature = "postgres")]
+mod pg;
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -40,6 +46,8 @@ use std::sync::Arc;
 pub use faulty::{FaultPlan, FaultyLog};
 pub use file::{FileLog, FileLogOptions, LOCK_FILE_NAME, PREALLOCATE_BYTES, SEGMENT_BYTES};
 pub use mem::MemLog;
+#[cfg(feature = "postgres")]
+pub use pg::{DEFAULT_SCHEMA, PgLog};
 
 /// A log position. The first entry has seq 1; 0 means "nothing".
 pub type Seq = u64;
@@ -150,6 +158,27 @@ pub enum LogError {
         requested: Seq,
         snapshot_seq: Option<Seq>,
     },
+
+    /// Another Baton server holds the writer lock of this PostgreSQL log.
+    #[error(
+        "the log in {store} is in use by another Baton server (it holds the writer lock); stop that server, or give this one another schema with --postgres-schema"
+    )]
+    InUse { store: String },
+
+    /// PostgreSQL refused or failed an operation.
+    #[error("cannot {operation} the log in {store}: {detail}")]
+    Postgres {
+        store: String,
+        operation: &'static str,
+        detail: String,
+    },
+
+    /// A write to PostgreSQL failed earlier with an unknown outcome, or the
+    /// connection (and with it the writer lock) is gone.
+    #[error(
+        "the log in {store} refuses writes: {cause}, so what is durable is unknown and another server may have taken over; restart the server to recover what is durable"
+    )]
+    PostgresPoisoned { store: String, cause: String },
 
     #[error("log seqs exhausted: cannot append {len} entries after seq {last_seq}")]
     SeqExhausted { last_seq: Seq, len: usize },

@@ -366,3 +366,192 @@ fn boxed_dyn_log_conforms() {
     }
     run_conformance(&mut Boxed);
 }
+
+/// The PostgreSQL backend, against a real server: `BATON_TEST_POSTGRES`
+/// (default: the local one, database `test`). Each log gets a schema of
+/// its own, dropped when the suite ends.
+#[cfg(feature = "postgres")]
+mod pg {
+    use super::*;
+    use baton_log::PgLog;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub fn conninfo() -> String {
+        std::env::var("BATON_TEST_POSTGRES")
+            .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+    }
+
+    /// A schema name no other test (or earlier run) uses.
+    pub fn unique_schema(what: &str) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        format!(
+            "t_{what}_{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub fn admin() -> postgres::Client {
+        postgres::Client::connect(&conninfo(), postgres::NoTls).unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {:?} is needed for these tests ({e}); start it or set BATON_TEST_POSTGRES",
+                conninfo()
+            )
+        })
+    }
+
+    #[derive(Default)]
+    pub struct Pg {
+        schemas: Vec<String>,
+    }
+
+    impl Backend for Pg {
+        type L = PgLog;
+        fn fresh(&mut self) -> PgLog {
+            let schema = unique_schema("conformance");
+            let log = PgLog::open(&conninfo(), &schema).expect("open a fresh PgLog");
+            self.schemas.push(schema);
+            log
+        }
+        fn reopen(&mut self, log: PgLog) -> PgLog {
+            let schema = log.schema().to_string();
+            drop(log);
+            PgLog::open(&conninfo(), &schema).expect("reopen PgLog")
+        }
+    }
+
+    impl Drop for Pg {
+        fn drop(&mut self) {
+            let mut admin = admin();
+            for schema in &self.schemas {
+                let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+
+    #[test]
+    fn pg_log_conforms() {
+        run_conformance(&mut Pg::default());
+    }
+
+    // What only this backend has: the writer lock, a lost connection, a
+    // damaged head, and what it says about bad settings.
+
+    fn open(schema: &str) -> Result<PgLog, LogError> {
+        PgLog::open(&conninfo(), schema)
+    }
+
+    fn drop_schema(schema: &str) {
+        admin()
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_second_writer_on_the_same_schema_is_refused_until_the_first_closes() {
+        let schema = unique_schema("writer");
+        let mut first = open(&schema).unwrap();
+        first.append(&batch(1..=3)).unwrap();
+        let err = open(&schema).unwrap_err();
+        assert!(matches!(err, LogError::InUse { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&schema) && message.contains("--postgres-schema"),
+            "{message}"
+        );
+        // The first writer is unharmed, and a log in another schema is independent.
+        first.append(&batch(4..=4)).unwrap();
+        let other = unique_schema("other");
+        assert_eq!(open(&other).unwrap().last_seq().unwrap(), 0);
+        drop(first);
+        assert_holds(&open(&schema).unwrap(), 1, 4);
+        drop_schema(&schema);
+        drop_schema(&other);
+    }
+
+    #[test]
+    fn a_lost_connection_refuses_every_later_write_and_frees_the_schema() {
+        let schema = unique_schema("lost");
+        let mut log = open(&schema).unwrap();
+        log.append(&batch(1..=3)).unwrap();
+        let terminated: i64 = admin()
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("baton-log {schema}")],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(terminated, 1, "the log's one connection");
+        let err = log.append(&batch(4..=4)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LogError::Postgres {
+                    operation: "append",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = log.append(&batch(4..=4)).unwrap_err();
+        assert!(matches!(err, LogError::PostgresPoisoned { .. }), "{err}");
+        assert!(err.to_string().contains("restart the server"), "{err}");
+        assert!(
+            log.save_snapshot(&Snapshot {
+                seq: 3,
+                data: vec![1]
+            })
+            .is_err()
+        );
+        // The lock went with the connection: another writer takes over,
+        // from what was durable.
+        let mut next = open(&schema).unwrap();
+        assert_holds(&next, 1, 3);
+        assert_eq!(next.append(&batch(4..=4)).unwrap(), 4..=4);
+        drop(log);
+        drop(next);
+        drop_schema(&schema);
+    }
+
+    #[test]
+    fn a_head_that_disagrees_with_the_entries_refuses_to_open() {
+        let schema = unique_schema("damaged");
+        let mut log = open(&schema).unwrap();
+        log.append(&batch(1..=3)).unwrap();
+        drop(log);
+        admin()
+            .batch_execute(&format!("DELETE FROM {schema}.baton_log WHERE seq = 2"))
+            .unwrap();
+        let err = open(&schema).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("damaged") && message.contains("1..=3"),
+            "{message}"
+        );
+        drop_schema(&schema);
+    }
+
+    #[test]
+    fn bad_settings_say_what_to_give() {
+        for schema in ["", "Baton", "1st", "a-b", "x; DROP TABLE y"] {
+            let err = open(schema).unwrap_err();
+            assert!(
+                err.to_string().contains("a schema name is"),
+                "{schema:?}: {err}"
+            );
+        }
+        let err = PgLog::open("not a connection string", "baton").unwrap_err();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        // Nothing listens on port 1.
+        let err = PgLog::open("host=127.0.0.1 port=1 user=postgres", "baton").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("connect") && message.contains("127.0.0.1:1"),
+            "{message}"
+        );
+    }
+}

@@ -423,7 +423,7 @@ async fn status(State(state): State<AppState>) -> Response {
         let kept = state.sequencer.shared().events.kept();
         value["events_from_revision"] = json!(kept.from_revision);
         value["events_kept"] = json!(kept);
-        value["data_dir"] = json!(state.config.data_dir.display().to_string());
+        value["data_dir"] = json!(state.config.store());
         value["snapshot"] = json!(
             *state
                 .sequencer

@@ -35,6 +35,14 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Where the embedded log lives.
     pub data_dir: PathBuf,
+    /// Keep the log and snapshots in this PostgreSQL database instead of
+    /// `data_dir` (`postgres://user@host:port/db` or `host=... dbname=...`):
+    /// the server then keeps no state on its own machine. One server per
+    /// schema at a time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<String>,
+    /// The schema of that database the log lives in (created if missing).
+    pub postgres_schema: String,
     /// Take a snapshot (and truncate the log before it) after this many
     /// commands, once the log written since the last snapshot is at least
     /// as large as that snapshot (so a large state is not rewritten to save
@@ -83,6 +91,8 @@ impl Default for ServeConfig {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7700)),
             data_dir: PathBuf::from("baton-data"),
+            postgres: None,
+            postgres_schema: baton_log::DEFAULT_SCHEMA.to_string(),
             snapshot_every_commands: 100_000,
             snapshot_every_secs: 300,
             max_batch: 4096,
@@ -103,13 +113,38 @@ impl Default for ServeConfig {
 /// Run `baton serve` until SIGTERM or Ctrl-C: stop accepting, finish
 /// in-flight batches, snapshot, return.
 pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let opening = config.clone();
+    // Opening and replaying the log block (and PostgreSQL's driver runs a
+    // runtime of its own, which cannot start on an async thread).
+    let sequencer =
+        tokio::task::spawn_blocking(move || Sequencer::start(open_log(&opening)?, &opening))
+            .await??;
+    serve(config, sequencer, shutdown_signal()).await
+}
+
+/// The log `config` names: PostgreSQL if it has `postgres`, else the
+/// embedded log in `data_dir`. Blocking: call it off the async threads.
+pub fn open_log(config: &ServeConfig) -> anyhow::Result<Box<dyn baton_log::Log>> {
+    if let Some(conninfo) = &config.postgres {
+        let log = baton_log::PgLog::open(conninfo, &config.postgres_schema)?;
+        return Ok(Box::new(log));
+    }
     let log = baton_log::FileLog::open(&config.data_dir)?;
     if let Some(repaired) = log.repaired_tail() {
         tracing::warn!(repaired, "log tail repaired");
         eprintln!("baton: {repaired}");
     }
-    let sequencer = Sequencer::start(Box::new(log), &config)?;
-    serve(config, sequencer, shutdown_signal()).await
+    Ok(Box::new(log))
+}
+
+impl ServeConfig {
+    /// Where the log lives, as messages name it.
+    pub fn store(&self) -> String {
+        match &self.postgres {
+            Some(_) => format!("PostgreSQL schema {:?}", self.postgres_schema),
+            None => self.data_dir.display().to_string(),
+        }
+    }
 }
 
 /// Serve a started sequencer until `shutdown` resolves (tests pass their own).
@@ -150,10 +185,10 @@ pub async fn serve_listener(
         metrics,
     ))
     .nest_service("/mcp", mcp.service);
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "baton serving");
+    tracing::info!(%address, store = %config.store(), "baton serving");
     eprintln!(
         "baton: serving on http://{address} (data in {})",
-        config.data_dir.display()
+        config.store()
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     sequencer.set_stop(stop_rx);

@@ -1,0 +1,370 @@
+//! The PostgreSQL backend: the log, its head and the latest snapshot in
+//! three tables of one schema, so that a `baton serve` keeps no state of
+//! its own on the machine it runs on.
+//!
+//! One writer at a time. Opening takes a session-level advisory lock on
+//! the schema and holds it on the log's one connection for as long as the
+//! log is open: a second server on the same schema is refused with
+//! [`LogError::InUse`]. If that connection breaks, PostgreSQL releases the
+//! lock, and this handle never reconnects (every later call is refused, as
+//! after any failed write), so a server that has lost the lock cannot
+//! write behind the back of one that took it over. Seqs are also the
+//! table's primary key: two writers can never store two entries at one seq.
+//!
+//! Every append is one transaction (`synchronous_commit = on` for the
+//! session, whatever the server's default), so it is durable when it
+//! returns, and all or nothing.
+//!
+//! The connection is driven by the `postgres` crate, which runs its own
+//! runtime: call this log from a plain thread (the server's writer, or
+//! `spawn_blocking`), never from inside an async task.
+
+use std::cell::RefCell;
+use std::ops::RangeInclusive;
+
+use postgres::{Client, NoTls};
+
+use crate::{Entry, Log, LogError, Seq, Snapshot};
+
+/// The layout this build reads and writes, stored in the head row.
+const FORMAT: i32 = 1;
+
+/// The schema used when none is given.
+pub const DEFAULT_SCHEMA: &str = "baton";
+
+/// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_SCHEMA_CHARS: usize = 63;
+
+/// The log in PostgreSQL. See the module documentation.
+pub struct PgLog {
+    /// The one connection. `Log` reads through `&self`; a `RefCell` lets
+    /// them use it (a log is used by one thread at a time: not `Sync`).
+    client: RefCell<Client>,
+    /// Where the log lives, as messages name it: `schema "baton" at host:port/db`.
+    store: String,
+    schema: String,
+    /// The head, cached: this handle is the only writer (the advisory lock).
+    first_seq: Seq,
+    last_seq: Seq,
+    /// Set by a write whose outcome is unknown; every write is refused since.
+    poisoned: Option<String>,
+}
+
+impl std::fmt::Debug for PgLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgLog")
+            .field("store", &self.store)
+            .field("first_seq", &self.first_seq)
+            .field("last_seq", &self.last_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgLog {
+    /// Opens (creating if needed) the log in `schema` of the database
+    /// `conninfo` names (`postgres://user@host:port/db` or
+    /// `host=... dbname=...`), and takes the schema's writer lock.
+    pub fn open(conninfo: &str, schema: &str) -> Result<PgLog, LogError> {
+        if schema.is_empty()
+            || schema.chars().count() > MAX_SCHEMA_CHARS
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            || schema.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(LogError::Postgres {
+                store: format!("schema {schema:?}"),
+                operation: "open",
+                detail: format!(
+                    "a schema name is 1 to {MAX_SCHEMA_CHARS} characters of a-z, 0-9 and _, not starting with a digit"
+                ),
+            });
+        }
+        let mut config: postgres::Config = conninfo.parse().map_err(|e| LogError::Postgres {
+            store: "PostgreSQL".into(),
+            operation: "parse the connection string",
+            detail: format!("{e}; give postgres://user@host:port/dbname or host=... dbname=..."),
+        })?;
+        let store = describe(&config, schema);
+        // Names the connection in pg_stat_activity: which server holds the lock.
+        config.application_name(&format!("baton-log {schema}"));
+        let mut client = config.connect(NoTls).map_err(|e| LogError::Postgres {
+            store: store.clone(),
+            operation: "connect",
+            detail: cause(&e),
+        })?;
+        let failed = |operation: &'static str| {
+            let store = store.clone();
+            move |e: postgres::Error| LogError::Postgres {
+                store,
+                operation,
+                detail: cause(&e),
+            }
+        };
+        client
+            .batch_execute(&format!(
+                "SET synchronous_commit = on;
+                 CREATE SCHEMA IF NOT EXISTS {schema};
+                 SET search_path = {schema};"
+            ))
+            .map_err(failed("prepare the session"))?;
+        let locked: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('baton-log'), hashtext($1))",
+                &[&schema],
+            )
+            .map_err(failed("take the writer lock"))?
+            .get(0);
+        if !locked {
+            return Err(LogError::InUse { store });
+        }
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS baton_log (
+                     seq  bigint PRIMARY KEY,
+                     data bytea  NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS baton_head (
+                     id        int    PRIMARY KEY CHECK (id = 1),
+                     format    int    NOT NULL,
+                     first_seq bigint NOT NULL,
+                     last_seq  bigint NOT NULL
+                 );
+                 CREATE TABLE IF NOT EXISTS baton_snapshot (
+                     id   int    PRIMARY KEY CHECK (id = 1),
+                     seq  bigint NOT NULL,
+                     data bytea  NOT NULL
+                 );
+                 INSERT INTO baton_head VALUES (1, {FORMAT}, 1, 0) ON CONFLICT (id) DO NOTHING;"
+            ))
+            .map_err(failed("create the tables"))?;
+        let head = client
+            .query_one("SELECT format, first_seq, last_seq FROM baton_head", &[])
+            .map_err(failed("read the head"))?;
+        let format: i32 = head.get(0);
+        if format != FORMAT {
+            return Err(LogError::Postgres {
+                store,
+                operation: "open",
+                detail: format!(
+                    "the log has format version {format}, this build reads version {FORMAT}; use a matching Baton version"
+                ),
+            });
+        }
+        let (first, last): (i64, i64) = (head.get(1), head.get(2));
+        // The head must agree with what is stored, or replay would skip or
+        // invent entries.
+        let stored = client
+            .query_one(
+                "SELECT count(*), coalesce(min(seq), 0), coalesce(max(seq), 0) FROM baton_log",
+                &[],
+            )
+            .map_err(failed("check the log"))?;
+        let (count, min, max): (i64, i64, i64) = (stored.get(0), stored.get(1), stored.get(2));
+        let consistent = if count == 0 {
+            first == last + 1
+        } else {
+            min == first && max == last && count == last - first + 1
+        };
+        if !consistent || first < 1 || last < 0 {
+            return Err(LogError::Postgres {
+                store,
+                operation: "open",
+                detail: format!(
+                    "the head says seqs {first}..={last} but the table holds {count} entries from {min} to {max}; the log is damaged: restore the database from a backup"
+                ),
+            });
+        }
+        Ok(PgLog {
+            client: RefCell::new(client),
+            store,
+            schema: schema.to_string(),
+            first_seq: first as Seq,
+            last_seq: last as Seq,
+            poisoned: None,
+        })
+    }
+
+    /// The schema the log lives in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn writable(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(cause) => Err(LogError::PostgresPoisoned {
+                store: self.store.clone(),
+                cause: cause.clone(),
+            }),
+            None if self.client.borrow().is_closed() => Err(LogError::PostgresPoisoned {
+                store: self.store.clone(),
+                cause: "the connection closed".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs a write; a failure leaves its outcome unknown, so the handle
+    /// refuses writes from then on.
+    fn write<T>(
+        &mut self,
+        operation: &'static str,
+        work: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, LogError> {
+        self.writable()?;
+        work(&mut self.client.borrow_mut()).map_err(|e| {
+            let detail = cause(&e);
+            self.poisoned = Some(format!("{operation}: {detail}"));
+            LogError::Postgres {
+                store: self.store.clone(),
+                operation,
+                detail,
+            }
+        })
+    }
+
+    fn read_failed(&self, operation: &'static str) -> impl FnOnce(postgres::Error) -> LogError {
+        let store = self.store.clone();
+        move |e| LogError::Postgres {
+            store,
+            operation,
+            detail: cause(&e),
+        }
+    }
+}
+
+impl Log for PgLog {
+    fn append(&mut self, batch: &[Vec<u8>]) -> Result<RangeInclusive<Seq>, LogError> {
+        let range = crate::plan_append(self.last_seq, batch)?;
+        if batch.is_empty() {
+            return Ok(range);
+        }
+        let seqs: Vec<i64> = range.clone().map(to_i64).collect::<Result<_, _>>()?;
+        let last = *seqs.last().expect("a non-empty batch");
+        self.write("append", |client| {
+            let mut txn = client.transaction()?;
+            txn.execute(
+                "INSERT INTO baton_log (seq, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
+                &[&seqs, &batch],
+            )?;
+            txn.execute("UPDATE baton_head SET last_seq = $1", &[&last])?;
+            txn.commit()
+        })?;
+        self.last_seq = *range.end();
+        Ok(range)
+    }
+
+    fn read_from(&self, from: Seq, max: usize) -> Result<Vec<Entry>, LogError> {
+        if max == 0 || from > self.last_seq {
+            return Ok(Vec::new());
+        }
+        let from = to_i64(from.max(self.first_seq))?;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(
+                "SELECT seq, data FROM baton_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                &[&from, &limit],
+            )
+            .map_err(self.read_failed("read entries"))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Entry {
+                seq: row.get::<_, i64>(0) as Seq,
+                data: row.get(1),
+            })
+            .collect())
+    }
+
+    fn last_seq(&self) -> Result<Seq, LogError> {
+        Ok(self.last_seq)
+    }
+
+    fn first_seq(&self) -> Result<Seq, LogError> {
+        Ok(self.first_seq)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), LogError> {
+        crate::check_snapshot(snapshot, self.first_seq, self.last_seq)?;
+        let seq = to_i64(snapshot.seq)?;
+        self.write("save a snapshot", |client| {
+            client.execute(
+                "INSERT INTO baton_snapshot (id, seq, data) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, data = excluded.data",
+                &[&seq, &snapshot.data],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<Snapshot>, LogError> {
+        let row = self
+            .client
+            .borrow_mut()
+            .query_opt("SELECT seq, data FROM baton_snapshot", &[])
+            .map_err(self.read_failed("load the snapshot"))?;
+        Ok(row.map(|row| Snapshot {
+            seq: row.get::<_, i64>(0) as Seq,
+            data: row.get(1),
+        }))
+    }
+
+    fn truncate_before(&mut self, seq: Seq) -> Result<(), LogError> {
+        let snapshot_seq = self.load_snapshot()?.map(|s| s.seq);
+        if let Some(new_first) = crate::plan_truncate(seq, self.first_seq, snapshot_seq)? {
+            let first = to_i64(new_first)?;
+            self.write("truncate", |client| {
+                let mut txn = client.transaction()?;
+                txn.execute("DELETE FROM baton_log WHERE seq < $1", &[&first])?;
+                txn.execute("UPDATE baton_head SET first_seq = $1", &[&first])?;
+                txn.commit()
+            })?;
+            self.first_seq = new_first;
+        }
+        Ok(())
+    }
+}
+
+fn to_i64(seq: Seq) -> Result<i64, LogError> {
+    i64::try_from(seq).map_err(|_| LogError::SeqExhausted {
+        last_seq: seq,
+        len: 1,
+    })
+}
+
+/// `schema "baton" at host:port/db`, for messages (no password).
+fn describe(config: &postgres::Config, schema: &str) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            #[cfg(unix)]
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("schema {schema:?} at PostgreSQL {host}:{port}/{db}")
+}
+
+/// The database's own message, which says what went wrong, not the
+/// driver's wrapper around it.
+fn cause(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                text = format!("{text}: {inner}");
+                source = inner.source();
+            }
+            text
+        }
+    }
+}
