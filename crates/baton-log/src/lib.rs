@@ -47,7 +47,7 @@ pub use faulty::{FaultPlan, FaultyLog};
 pub use file::{FileLog, FileLogOptions, LOCK_FILE_NAME, PREALLOCATE_BYTES, SEGMENT_BYTES};
 pub use mem::MemLog;
 #[cfg(feature = "postgres")]
-pub use pg::{DEFAULT_SCHEMA, PgLog};
+pub use pg::{DEFAULT_SCHEMA, LOCK_WAIT, PgLog};
 
 /// A log position. The first entry has seq 1; 0 means "nothing".
 pub type Seq = u64;
@@ -161,7 +161,7 @@ pub enum LogError {
 
     /// Another Baton server holds the writer lock of this PostgreSQL log.
     #[error(
-        "the log in {store} is in use by another Baton server (it holds the writer lock); stop that server, or give this one another schema with --postgres-schema"
+        "the log in {store} is in use by another Baton server (it holds the writer lock, and kept it while this one waited); stop that server, or give this one another schema with --postgres-schema"
     )]
     InUse { store: String },
 

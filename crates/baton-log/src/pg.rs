@@ -21,6 +21,7 @@
 
 use std::cell::RefCell;
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
@@ -31,6 +32,11 @@ const FORMAT: i32 = 1;
 
 /// The schema used when none is given.
 pub const DEFAULT_SCHEMA: &str = "baton";
+
+/// How long a server waits for the schema's writer lock before it says
+/// another server holds it: long enough for PostgreSQL to notice that a
+/// crashed predecessor's connection is gone.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_SCHEMA_CHARS: usize = 63;
@@ -63,8 +69,10 @@ impl std::fmt::Debug for PgLog {
 impl PgLog {
     /// Opens (creating if needed) the log in `schema` of the database
     /// `conninfo` names (`postgres://user@host:port/db` or
-    /// `host=... dbname=...`), and takes the schema's writer lock.
-    pub fn open(conninfo: &str, schema: &str) -> Result<PgLog, LogError> {
+    /// `host=... dbname=...`), and takes the schema's writer lock, waiting
+    /// up to `lock_wait` for it: a server restarted right after a crash
+    /// can find its predecessor's connection not yet gone.
+    pub fn open(conninfo: &str, schema: &str, lock_wait: Duration) -> Result<PgLog, LogError> {
         if schema.is_empty()
             || schema.chars().count() > MAX_SCHEMA_CHARS
             || !schema
@@ -108,13 +116,36 @@ impl PgLog {
                  SET search_path = {schema};"
             ))
             .map_err(failed("prepare the session"))?;
-        let locked: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtext('baton-log'), hashtext($1))",
+        let locked = if lock_wait.is_zero() {
+            client
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtext('baton-log'), hashtext($1))",
+                    &[&schema],
+                )
+                .map_err(failed("take the writer lock"))?
+                .get(0)
+        } else {
+            // The server waits for the lock; `lock_timeout` bounds the wait
+            // (advisory locks honour it), then is off again for the session.
+            client
+                .batch_execute(&format!(
+                    "SET lock_timeout = {}",
+                    lock_wait.as_millis().max(1)
+                ))
+                .map_err(failed("take the writer lock"))?;
+            let taken = client.execute(
+                "SELECT pg_advisory_lock(hashtext('baton-log'), hashtext($1))",
                 &[&schema],
-            )
-            .map_err(failed("take the writer lock"))?
-            .get(0);
+            );
+            let timed_out = matches!(&taken, Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE));
+            if !timed_out {
+                taken.map_err(failed("take the writer lock"))?;
+            }
+            client
+                .batch_execute("SET lock_timeout = 0")
+                .map_err(failed("take the writer lock"))?;
+            !timed_out
+        };
         if !locked {
             return Err(LogError::InUse { store });
         }

@@ -375,6 +375,7 @@ mod pg {
     use super::*;
     use baton_log::PgLog;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
 
     pub fn conninfo() -> String {
         std::env::var("BATON_TEST_POSTGRES")
@@ -413,14 +414,15 @@ mod pg {
         type L = PgLog;
         fn fresh(&mut self) -> PgLog {
             let schema = unique_schema("conformance");
-            let log = PgLog::open(&conninfo(), &schema).expect("open a fresh PgLog");
+            let log =
+                PgLog::open(&conninfo(), &schema, Duration::ZERO).expect("open a fresh PgLog");
             self.schemas.push(schema);
             log
         }
         fn reopen(&mut self, log: PgLog) -> PgLog {
             let schema = log.schema().to_string();
             drop(log);
-            PgLog::open(&conninfo(), &schema).expect("reopen PgLog")
+            PgLog::open(&conninfo(), &schema, Duration::ZERO).expect("reopen PgLog")
         }
     }
 
@@ -442,7 +444,7 @@ mod pg {
     // damaged head, and what it says about bad settings.
 
     fn open(schema: &str) -> Result<PgLog, LogError> {
-        PgLog::open(&conninfo(), schema)
+        PgLog::open(&conninfo(), schema, Duration::ZERO)
     }
 
     fn drop_schema(schema: &str) {
@@ -471,6 +473,27 @@ mod pg {
         assert_holds(&open(&schema).unwrap(), 1, 4);
         drop_schema(&schema);
         drop_schema(&other);
+    }
+
+    #[test]
+    fn a_writer_waits_for_the_lock_within_its_bound() {
+        let schema = unique_schema("wait");
+        let first = open(&schema).unwrap();
+        let started = Instant::now();
+        let err = PgLog::open(&conninfo(), &schema, Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, LogError::InUse { .. }), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // Freed during the wait: the waiter takes it over.
+        let freer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(first);
+        });
+        let mut next = PgLog::open(&conninfo(), &schema, Duration::from_secs(10)).unwrap();
+        freer.join().unwrap();
+        // The session's lock_timeout is off again: appends do not time out.
+        next.append(&batch(1..=1)).unwrap();
+        drop(next);
+        drop_schema(&schema);
     }
 
     #[test]
@@ -507,9 +530,10 @@ mod pg {
             })
             .is_err()
         );
-        // The lock went with the connection: another writer takes over,
-        // from what was durable.
-        let mut next = open(&schema).unwrap();
+        // The lock went with the connection (once PostgreSQL has ended
+        // that backend, hence the wait): another writer takes over, from
+        // what was durable.
+        let mut next = PgLog::open(&conninfo(), &schema, Duration::from_secs(10)).unwrap();
         assert_holds(&next, 1, 3);
         assert_eq!(next.append(&batch(4..=4)).unwrap(), 4..=4);
         drop(log);
@@ -544,10 +568,15 @@ mod pg {
                 "{schema:?}: {err}"
             );
         }
-        let err = PgLog::open("not a connection string", "baton").unwrap_err();
+        let err = PgLog::open("not a connection string", "baton", Duration::ZERO).unwrap_err();
         assert!(err.to_string().contains("postgres://"), "{err}");
         // Nothing listens on port 1.
-        let err = PgLog::open("host=127.0.0.1 port=1 user=postgres", "baton").unwrap_err();
+        let err = PgLog::open(
+            "host=127.0.0.1 port=1 user=postgres",
+            "baton",
+            Duration::ZERO,
+        )
+        .unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("connect") && message.contains("127.0.0.1:1"),

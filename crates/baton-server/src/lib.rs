@@ -126,7 +126,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 /// embedded log in `data_dir`. Blocking: call it off the async threads.
 pub fn open_log(config: &ServeConfig) -> anyhow::Result<Box<dyn baton_log::Log>> {
     if let Some(conninfo) = &config.postgres {
-        let log = baton_log::PgLog::open(conninfo, &config.postgres_schema)?;
+        let log = baton_log::PgLog::open(conninfo, &config.postgres_schema, baton_log::LOCK_WAIT)?;
         return Ok(Box::new(log));
     }
     let log = baton_log::FileLog::open(&config.data_dir)?;

@@ -56,6 +56,27 @@ impl TestServer {
         let faults = Arc::new(FaultPlan::default());
         let log = FaultyLog::with_plan(FileLog::open(dir).expect("data dir opens"), faults.clone());
         let sequencer = Sequencer::start(Box::new(log) as Box<dyn Log>, &config).expect("recovers");
+        Self::serving(sequencer, config, faults).await
+    }
+
+    /// A server on the log `config` names (PostgreSQL when it has
+    /// `postgres`), opened off the async threads as `baton serve` does.
+    pub async fn start_on(config: ServeConfig) -> Self {
+        let faults = Arc::new(FaultPlan::default());
+        let plan = faults.clone();
+        let opening = config.clone();
+        let sequencer = tokio::task::spawn_blocking(move || {
+            let log = FaultyLog::with_plan(baton_server::open_log(&opening)?, plan);
+            Sequencer::start(Box::new(log) as Box<dyn Log>, &opening)
+        })
+        .await
+        .unwrap()
+        .expect("the log opens and recovers");
+        Self::serving(sequencer, config, faults).await
+    }
+
+    async fn serving(sequencer: Sequencer, config: ServeConfig, faults: Arc<FaultPlan>) -> Self {
+        let dir = config.data_dir.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -69,7 +90,7 @@ impl TestServer {
         ));
         TestServer {
             url,
-            dir: dir.to_path_buf(),
+            dir,
             faults,
             stop: Some(stop),
             task: Some(task),
