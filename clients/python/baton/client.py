@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import getpass
+import http.client
 import json
 import os
 import socket
@@ -25,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 from urllib.parse import quote
 
 from .errors import BatonError, ConcurrentModification, Fenced, Internal, InvalidArgument, Unavailable, from_envelope
-from .transport import REQUEST_TIMEOUT_S, Transport
+from .transport import REQUEST_TIMEOUT_S, START_HINT, Transport
 
 #: Where ``baton serve`` listens unless told otherwise.
 DEFAULT_URL = "http://127.0.0.1:7700"
@@ -170,11 +171,11 @@ class Client:
                     body["release"] = release.lock_id if isinstance(release, Lock) else int(release)
         elif idempotency_key is not None or fence is not None or release is not None:
             raise InvalidArgument(f"{method} {path} is a read: idempotency_key, fence and release are for mutations")
-        target = path
+        target = _path_target(path)
         if query:
             pairs = [f"{name}={quote(str(value), safe='')}" for name, value in query.items() if value is not None]
             if pairs:
-                target += "?" + "&".join(pairs)
+                target += ("&" if "?" in target else "?") + "&".join(pairs)
         data = None if body is None else _json_bytes(body)
         status, answer = self._transport.exchange(
             method, target, headers, data, self.timeout_s + max(wait_ms, 0) / 1000.0
@@ -401,7 +402,12 @@ class Client:
         more than once, so it must not have side effects. A conflict brings
         the current value with it, so a retry costs one round trip. Returns
         the write's result with ``value`` set to what was written.
+
+        The write is a put, which replaces the key's lease: a key with a TTL
+        keeps one only if ``ttl_ms`` is given again.
         """
+        if max_attempts < 1:
+            raise InvalidArgument(f"max_attempts is {max_attempts}; give at least 1", details={"field": "max_attempts"})
         try:
             current = self.get(key)
             value, version = current["value"], current["version"]
@@ -533,7 +539,12 @@ class Client:
         exactly one caller across every agent runs ``refresh`` and publishes
         its result while the others wait for it (no refresh storm). If
         ``refresh`` raises, the claim is abandoned, so the next waiter
-        refreshes instead, and the exception propagates."""
+        refreshes instead, and the exception propagates.
+
+        A wait in a session is the session's: threads sharing one session's
+        client on the same key get DEADLOCK (a session does not wait for
+        itself). Give each thread its own client, or call it outside the
+        session."""
         answer = self.once(key, max_age_ms, claim_ttl_ms, wait_ms=wait_ms)
         if answer["status"] == "fresh":
             return answer["value"]
@@ -542,13 +553,16 @@ class Client:
         claim_id = answer["claim_id"]
         try:
             value = refresh()
+            self.once_fulfil(key, claim_id, value)
         except BaseException:
+            # A refresh or a publish that failed: the next waiter refreshes
+            # now instead of after the claim's TTL. (After a publish that
+            # applied, the abandon is FENCED and changes nothing.)
             try:
                 self.once_abandon(key, claim_id)
             except BatonError:
-                pass  # the claim expires by itself; the refresh error matters more
+                pass  # the claim expires by itself; the first error matters more
             raise
-        self.once_fulfil(key, claim_id, value)
         return value
 
     # ---- queues ----
@@ -602,7 +616,7 @@ class Client:
             conn.close()
             _decode(response.status, body, f"{self.url}{target}")
             raise Internal(f"{self.url}{target} answered HTTP {response.status} without an error")
-        return Watch(conn, response, self.url)
+        return Watch(conn, response, self.url, from_revision)
 
     # ---- the server ----
 
@@ -614,6 +628,23 @@ class Client:
         status, _ = self._transport.exchange("GET", "/healthz", self._headers(), None, self.timeout_s)
         if status != 200:
             raise Unavailable(f"Baton at {self.url} is not healthy (HTTP {status}); check its log", status=status)
+
+
+def _path_target(path: str) -> str:
+    """A raw path as it goes on the wire: characters a URI cannot carry
+    percent-encoded (existing %XX escapes kept), and a ``.`` or ``..``
+    segment refused, since every client and proxy on the way may resolve
+    it away and the request would then name another key."""
+    path, sep, query = path.partition("?")
+    if not path.startswith("/"):
+        raise InvalidArgument(f"path {path!r} must start with /", details={"field": "path"})
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidArgument(
+            f"{path!r} has a '.' or '..' segment, which a URL path cannot carry; rename the key",
+            details={"field": "key"},
+        )
+    reserved = "/%:@!$&'()*+,;=-._~"
+    return quote(path, safe=reserved) + sep + quote(query, safe=reserved + "?")
 
 
 def _fence_of(fence: FenceArg) -> Tuple[str, int]:
@@ -632,7 +663,14 @@ def _decode(status: int, body: bytes, url: str) -> Json:
         envelope = None
     if not isinstance(envelope, dict) or "ok" not in envelope:
         text = body[:200].decode("utf-8", "replace")
-        raise Unavailable(f"{url} answered HTTP {status} with something that is not Baton's envelope: {text!r}", status=status)
+        if status in (502, 503, 504):
+            # A proxy in front of a server that is down or restarting.
+            raise Unavailable(f"{url} answered HTTP {status} ({text!r}); {START_HINT}", status=status)
+        raise Internal(
+            f"{url} answered HTTP {status} with something that is not Baton's envelope ({text!r}); "
+            "is BATON_URL pointing at a Baton server?",
+            status=status,
+        )
     if envelope["ok"]:
         return envelope.get("result")
     error = envelope.get("error")
@@ -672,8 +710,10 @@ class Lock:
         return key, self.fence_token
 
     def release(self) -> Json:
-        """Idempotent: an ended lock answers ``released: false``."""
-        result = self._client.lock_release(self.lock_id)
+        """Idempotent: an ended lock answers ``released: false``, also when
+        it ended with the session it was taken in (the release is made
+        outside the session, which may be gone)."""
+        result = self._client.with_session(None).lock_release(self.lock_id)
         self.released = True
         return result
 
@@ -754,12 +794,14 @@ class Watch:
     """Events as they happen (Server-Sent Events). Ends by raising the
     error that ended it: :class:`~baton.errors.Compacted` if the server cut
     this watcher off for falling behind, :class:`~baton.errors.Unavailable`
-    if the stream broke; ``last_event_id`` says where to resume."""
+    if the stream broke; ``last_event_id`` says where to resume, and the
+    message says how."""
 
-    def __init__(self, conn: Any, response: Any, url: str) -> None:
+    def __init__(self, conn: Any, response: Any, url: str, from_revision: Optional[int] = None) -> None:
         self._conn = conn
         self._response = response
         self._url = url
+        self._from_revision = from_revision
         self.last_event_id: Optional[str] = None
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
@@ -770,27 +812,41 @@ class Watch:
         while True:
             try:
                 line = self._response.readline()
-            except (OSError, ValueError) as e:
+                text = line.decode("utf-8")
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                # ValueError covers a closed stream and bytes that are not UTF-8.
                 self.close()
                 raise Unavailable(f"the watch stream from {self._url} broke ({e!r}); {self._resume_hint()}") from None
-            if not line:
+            if not text.endswith("\n"):
+                # End of stream (a last line without its newline is cut short).
                 self.close()
                 raise Unavailable(f"{self._url} ended the watch stream (server stopped?); {self._resume_hint()}")
-            text = line.decode("utf-8").rstrip("\r\n")
+            text = text.rstrip("\r\n")
             if text == "":
                 if not data:
                     event = "message"
                     continue
                 payload = "\n".join(data)
                 if event in ("baton", "message"):
-                    return json.loads(payload)
+                    try:
+                        return json.loads(payload)
+                    except ValueError as e:
+                        self.close()
+                        raise Internal(
+                            f"{self._url} sent an event this SDK cannot read ({e}); are client and server the same version?"
+                        ) from None
                 if event == "cut_off":
                     self.close()
                     try:
                         error = json.loads(payload)
                     except ValueError:
-                        error = {"code": "COMPACTED", "message": payload}
-                    raise from_envelope(error, 200)
+                        error = None
+                    if not isinstance(error, dict):
+                        error = {"code": "COMPACTED", "message": f"the server cut this watcher off: {payload}"}
+                    if "last_event_id" in error and "details" not in error:
+                        error["details"] = {"last_event_id": error["last_event_id"]}
+                    error["message"] = f"{error.get('message', '')}; {self._resume_hint()}"
+                    raise from_envelope(error, 0)
                 event, data = "message", []
                 continue
             if text.startswith(":"):
@@ -805,10 +861,12 @@ class Watch:
                 self.last_event_id = value
 
     def _resume_hint(self) -> str:
-        if self.last_event_id is None:
-            return "watch again to go on"
-        revision = self.last_event_id.split(".")[0]
-        return f"watch again with from_revision={revision} to miss nothing (events of revision {revision} may come again)"
+        if self.last_event_id is not None:
+            revision = self.last_event_id.split(".")[0]
+            return f"watch again with from_revision={revision} to miss nothing (events of revision {revision} may come again)"
+        if self._from_revision is not None:
+            return f"watch again with from_revision={self._from_revision} to miss nothing"
+        return "watch again to go on"
 
     def close(self) -> None:
         self._conn.close()

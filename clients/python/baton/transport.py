@@ -13,6 +13,7 @@ decision, with an idempotency key.
 from __future__ import annotations
 
 import http.client
+import os
 import select
 import socket
 import threading
@@ -42,20 +43,26 @@ USER_AGENT = "baton-python/0.1.0"
 
 def parse_url(url: str) -> Tuple[str, int]:
     """``http://host:port`` (a bare ``host:port`` means http) as (host, port)."""
-    rest = url
-    if "://" in url:
-        scheme, rest = url.split("://", 1)
-        if scheme != "http":
+    rest = url.strip()
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        if scheme.lower() != "http":
             raise ValueError(
                 f"{url!r}: only http:// is supported (put TLS in front of Baton with a proxy)"
             )
     rest = rest.rstrip("/")
-    if "/" in rest:
+    if "/" in rest or "?" in rest:
         raise ValueError(f"{url!r} has a path; give only http://host:port")
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if rest.startswith("["):  # [IPv6]:port or [IPv6]
+        host, _, port = rest[1:].partition("]")
+        port = port[1:] if port.startswith(":") else port
+    elif rest.count(":") == 1:
+        host, _, port = rest.partition(":")
+    else:
+        host, port = rest, ""
+    if not host or (port and (not port.isdigit() or not 0 < int(port) < 65536)):
         raise ValueError(f"{url!r} is not http://host:port (e.g. http://127.0.0.1:7700)")
-    return host.strip("[]"), int(port)
+    return host, int(port) if port else 80
 
 
 class Transport:
@@ -67,6 +74,10 @@ class Transport:
         self.connect_timeout_s = connect_timeout_s
         self._idle: List[Tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
+        # A child made by fork() inherits the idle sockets; parent and child
+        # must never share one connection (each would read the other's
+        # answers), so a child starts with an empty pool.
+        self._pid = os.getpid()
 
     def exchange(
         self,
@@ -134,6 +145,9 @@ class Transport:
         """An idle connection still open, or a new one."""
         while True:
             with self._lock:
+                if self._pid != os.getpid():
+                    # The parent's sockets: leave them to it, unclosed.
+                    self._idle, self._pid = [], os.getpid()
                 entry = self._idle.pop() if self._idle else None
             if entry is None:
                 return self._connect()
@@ -145,7 +159,7 @@ class Transport:
 
     def _put_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            if len(self._idle) < MAX_IDLE_CONNECTIONS:
+            if self._pid == os.getpid() and len(self._idle) < MAX_IDLE_CONNECTIONS:
                 self._idle.append((conn, time.monotonic()))
                 return
         conn.close()

@@ -45,19 +45,30 @@ def run_all(target, count: int) -> list:
 def test_critical_sections_never_overlap_and_no_increment_is_lost(baton, ns) -> None:
     key = f"{ns}counter"
     clients, rounds = 8, 10
-    inside = threading.Lock()
+    inside = [0]
     overlaps: list = []
+    guard = threading.Lock()
     exits_released_by_write: list = []
 
     def work(n: int) -> None:
         client = Client(baton.url, agent=f"worker-{n}")
         for _ in range(rounds):
             with client.lock(key, ttl_ms=30_000, wait_ms=20_000, read=True) as lock:
-                if not inside.acquire(blocking=False):
-                    overlaps.append(n)
+                with guard:
+                    inside[0] += 1
+                    if inside[0] > 1:
+                        overlaps.append(n)
                 current = lock.values.get(key, {}).get("value", 0)
-                inside.release()
-                # The write is fenced and releases the lock in its own commit.
+                # A round trip while inside, so an overlap has time to show.
+                if current:
+                    assert client.get(key)["value"] == current
+                else:
+                    client.status()
+                with guard:
+                    inside[0] -= 1
+                # The write is fenced and releases the lock in its own commit
+                # (the next holder may be granted before this reply arrives,
+                # so "inside" ends just before it is sent).
                 client.put(key, current + 1, fence=lock, release=lock)
                 exits_released_by_write.append(lock.released)
 
@@ -131,6 +142,8 @@ def test_semaphore_permits_are_never_oversubscribed(baton, ns) -> None:
                 with guard:
                     held[0] += 1
                     peak[0] = max(peak[0], held[0])
+                # Hold the permit across a round trip, as real work would.
+                assert client.key_locks(key)["permits_held"] <= capacity
                 with guard:
                     held[0] -= 1
 
@@ -152,10 +165,11 @@ def test_a_multi_key_lock_names_the_key_to_fence(agent, ns) -> None:
 def test_a_session_kept_alive_outlives_its_ttl_and_takes_its_locks_with_it(agent, ns) -> None:
     alice, admin = agent("alice"), agent("admin")
     key = f"{ns}session-lock"
-    with alice.session(ttl_ms=600) as session:
+    with alice.session(ttl_ms=1200) as session:
         lock = session.client.lock(key)  # no ttl: lives as long as the session
-        # Three TTLs pass: only the keepalive thread keeps the session.
-        threading.Event().wait(1.8)
+        # Three TTLs pass: only the keepalive thread (every 400 ms) keeps
+        # the session, with 800 ms to spare for a stalled machine.
+        threading.Event().wait(3.6)
         assert admin.session_get(session.session_id)["session_id"] == session.session_id
         assert admin.lock_state(lock.lock_id)["status"] == "held"
     assert admin.lock_state(lock.lock_id)["status"] != "held"
@@ -175,3 +189,13 @@ def test_a_killed_session_is_reported_and_its_writes_are_fenced(agent, ns) -> No
     # Leaving the block did not raise: the session had ended already.
     with pytest.raises(NotFound):
         admin.get(f"{ns}after-kill")
+
+
+def test_a_lock_of_a_session_that_ended_releases_quietly(agent, ns) -> None:
+    alice, admin = agent("alice"), agent("admin")
+    with alice.session(ttl_ms=30_000) as session:
+        with session.client.lock(f"{ns}held") as lock:
+            admin.session_kill(session.session_id)
+        # The block ended without FENCED: the lock ended with the session.
+        assert lock.released
+        assert admin.lock_state(lock.lock_id)["status"] != "held"

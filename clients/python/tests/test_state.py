@@ -170,3 +170,31 @@ def test_an_unknown_error_code_still_raises_with_it() -> None:
     assert type(error) is BatonError
     assert (error.code, error.retry_after_ms, error.status) == ("SOMETHING_NEW", 5, 418)
     assert str(error) == "SOMETHING_NEW: m"
+
+
+def test_update_redoes_a_change_on_a_key_deleted_meanwhile(agent, ns) -> None:
+    ivy, jon = agent("ivy"), agent("jon")
+    key = f"{ns}gone"
+    ivy.put(key, {"n": 1})
+    seen = []
+
+    def change(value):
+        seen.append(value)
+        if len(seen) == 1:
+            jon.delete(key)  # another writer deletes it in between
+        return {"n": (value or {"n": 0})["n"] + 10}
+
+    result = ivy.update(key, change)
+    assert seen == [{"n": 1}, None]
+    assert ivy.get(key)["value"] == {"n": 10} == result["value"]
+    with pytest.raises(InvalidArgument):
+        ivy.update(key, change, max_attempts=0)
+
+
+def test_a_refresh_whose_value_cannot_be_published_gives_the_claim_back(agent, ns) -> None:
+    kim, lee = agent("kim"), agent("lee")
+    key = f"{ns}token"
+    with pytest.raises(InvalidArgument):
+        kim.refresh_once(key, lambda: {1, 2}, max_age_ms=60_000, claim_ttl_ms=60_000)
+    # Without the abandon, lee would wait out kim's 60 s claim.
+    assert lee.once(key, 60_000, 10_000)["status"] == "claimed"
