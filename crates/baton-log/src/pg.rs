@@ -13,7 +13,9 @@
 //!
 //! Every append is one transaction (`synchronous_commit = on` for the
 //! session, whatever the server's default), so it is durable when it
-//! returns, and all or nothing.
+//! returns, and all or nothing. Snapshots are saved on a second connection
+//! from the server's snapshot thread ([`Log::snapshot_store`]), never over
+//! a newer one.
 //!
 //! The connection is driven by the `postgres` crate, which runs its own
 //! runtime: call this log from a plain thread (the server's writer, or
@@ -21,11 +23,12 @@
 
 use std::cell::RefCell;
 use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
-use crate::{Entry, Log, LogError, Seq, Snapshot};
+use crate::{Entry, Log, LogError, Seq, Snapshot, SnapshotStore};
 
 /// The layout this build reads and writes, stored in the head row.
 const FORMAT: i32 = 1;
@@ -54,6 +57,77 @@ pub struct PgLog {
     last_seq: Seq,
     /// Set by a write whose outcome is unknown; every write is refused since.
     poisoned: Option<String>,
+    snapshots: Arc<PgSnapshots>,
+}
+
+/// Saves snapshots on a second connection ([`Log::snapshot_store`]).
+struct PgSnapshots {
+    client: Mutex<Client>,
+    store: String,
+}
+
+impl std::fmt::Debug for PgSnapshots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSnapshots")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotStore for PgSnapshots {
+    fn save(&self, snapshot: &Snapshot) -> Result<(), LogError> {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        save_snapshot(&mut client, &self.store, snapshot)
+    }
+}
+
+/// Upserts the one snapshot row, never over a newer one: a server that
+/// lost the writer lock may still finish a snapshot on this connection,
+/// and its snapshot (of a durable prefix of the same log) must not take
+/// the place of its successor's, whose truncation may have removed the
+/// entries after the older one.
+fn save_snapshot(client: &mut Client, store: &str, snapshot: &Snapshot) -> Result<(), LogError> {
+    if snapshot.data.len() > crate::MAX_SNAPSHOT_BYTES {
+        return Err(LogError::SnapshotTooLarge {
+            len: snapshot.data.len(),
+            max: crate::MAX_SNAPSHOT_BYTES,
+        });
+    }
+    let seq = to_i64(snapshot.seq)?;
+    let saved = client
+        .execute(
+            "INSERT INTO baton_snapshot (id, seq, data) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, data = excluded.data
+             WHERE baton_snapshot.seq <= excluded.seq",
+            &[&seq, &snapshot.data],
+        )
+        .map_err(|e| LogError::Postgres {
+            store: store.to_string(),
+            operation: "save a snapshot",
+            detail: cause(&e),
+        })?;
+    if saved == 0 {
+        return Err(LogError::Postgres {
+            store: store.to_string(),
+            operation: "save a snapshot",
+            detail: format!(
+                "a snapshot newer than seq {} is already saved: another server has taken this log over",
+                snapshot.seq
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The session settings of both connections: durable commits whatever the
+/// database's default, and the schema (created by the lock holder).
+fn session_setup(schema: &str, create: bool) -> String {
+    let create = if create {
+        format!("CREATE SCHEMA IF NOT EXISTS {schema};")
+    } else {
+        String::new()
+    };
+    format!("SET synchronous_commit = on; {create} SET search_path = {schema};")
 }
 
 impl std::fmt::Debug for PgLog {
@@ -109,13 +183,6 @@ impl PgLog {
                 detail: cause(&e),
             }
         };
-        client
-            .batch_execute(&format!(
-                "SET synchronous_commit = on;
-                 CREATE SCHEMA IF NOT EXISTS {schema};
-                 SET search_path = {schema};"
-            ))
-            .map_err(failed("prepare the session"))?;
         let locked = if lock_wait.is_zero() {
             client
                 .query_one(
@@ -149,6 +216,10 @@ impl PgLog {
         if !locked {
             return Err(LogError::InUse { store });
         }
+        // Only the lock holder creates and changes the tables.
+        client
+            .batch_execute(&session_setup(schema, true))
+            .map_err(failed("prepare the session"))?;
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS baton_log (
@@ -206,7 +277,18 @@ impl PgLog {
                 ),
             });
         }
+        // Snapshots are saved on a connection of their own, from the
+        // server's snapshot thread, so a large one never stalls appends.
+        config.application_name(&format!("baton-log {schema} snapshots"));
+        let mut snapshots = config.connect(NoTls).map_err(failed("connect"))?;
+        snapshots
+            .batch_execute(&session_setup(schema, false))
+            .map_err(failed("prepare the session"))?;
         Ok(PgLog {
+            snapshots: Arc::new(PgSnapshots {
+                client: Mutex::new(snapshots),
+                store: store.clone(),
+            }),
             client: RefCell::new(client),
             store,
             schema: schema.to_string(),
@@ -318,15 +400,8 @@ impl Log for PgLog {
 
     fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), LogError> {
         crate::check_snapshot(snapshot, self.first_seq, self.last_seq)?;
-        let seq = to_i64(snapshot.seq)?;
-        self.write("save a snapshot", |client| {
-            client.execute(
-                "INSERT INTO baton_snapshot (id, seq, data) VALUES (1, $1, $2)
-                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, data = excluded.data",
-                &[&seq, &snapshot.data],
-            )
-        })?;
-        Ok(())
+        self.writable()?;
+        save_snapshot(&mut self.client.borrow_mut(), &self.store, snapshot)
     }
 
     fn load_snapshot(&self) -> Result<Option<Snapshot>, LogError> {
@@ -354,6 +429,10 @@ impl Log for PgLog {
             self.first_seq = new_first;
         }
         Ok(())
+    }
+
+    fn snapshot_store(&self) -> Option<Arc<dyn SnapshotStore>> {
+        Some(self.snapshots.clone())
     }
 }
 

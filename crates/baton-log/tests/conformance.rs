@@ -542,6 +542,44 @@ mod pg {
     }
 
     #[test]
+    fn snapshots_saved_off_the_writer_count_at_once_and_never_replace_a_newer_one() {
+        let schema = unique_schema("snapshots");
+        let mut log = open(&schema).unwrap();
+        log.append(&batch(1..=10)).unwrap();
+        let store = log.snapshot_store().expect("saves off the writer's thread");
+        let newer = Snapshot {
+            seq: 8,
+            data: vec![8; 100],
+        };
+        store.save(&newer).unwrap();
+        assert_eq!(log.load_snapshot().unwrap(), Some(newer.clone()));
+        log.truncate_before(9).unwrap();
+        assert_holds(&log, 9, 10);
+        // A server that lost the log finishing an older snapshot: refused,
+        // and the newer one stays (the entries after the older are gone).
+        let err = store
+            .save(&Snapshot {
+                seq: 5,
+                data: vec![5],
+            })
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("another server has taken"),
+            "{err}"
+        );
+        let err = log
+            .save_snapshot(&Snapshot {
+                seq: 3,
+                data: vec![3],
+            })
+            .unwrap_err();
+        assert!(matches!(err, LogError::SnapshotOutOfRange { .. }), "{err}");
+        assert_eq!(log.load_snapshot().unwrap(), Some(newer));
+        drop(log);
+        drop_schema(&schema);
+    }
+
+    #[test]
     fn a_head_that_disagrees_with_the_entries_refuses_to_open() {
         let schema = unique_schema("damaged");
         let mut log = open(&schema).unwrap();
