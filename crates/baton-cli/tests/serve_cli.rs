@@ -188,6 +188,16 @@ fn sigkill_under_write_load_on_postgres_never_loses_an_acknowledged_write() {
     let conninfo = std::env::var("BATON_TEST_POSTGRES")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
     let schema = format!("t_cli_crash_{}", std::process::id());
+    /// Drops the test's schema however the test ends.
+    struct DropSchema(String, String);
+    impl Drop for DropSchema {
+        fn drop(&mut self) {
+            if let Ok(mut admin) = postgres::Client::connect(&self.0, postgres::NoTls) {
+                let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.1));
+            }
+        }
+    }
+    let _cleanup = DropSchema(conninfo.clone(), schema.clone());
     let mut child = crash_under_load(
         dir.path(),
         &[
@@ -217,10 +227,6 @@ fn sigkill_under_write_load_on_postgres_never_loses_an_acknowledged_write() {
     );
     let _ = child.kill();
     let _ = child.wait();
-    let mut admin = postgres::Client::connect(&conninfo, postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .unwrap();
 }
 
 /// Kills `baton serve` (with `flags`) `cycles` times at random moments

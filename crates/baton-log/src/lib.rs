@@ -198,9 +198,11 @@ pub enum LogError {
 /// A durable, totally ordered log of opaque entries.
 ///
 /// Blocking by design: the server owns one `Log` in its writer and calls it
-/// outside the async runtime. On a shared backend (PostgreSQL) other servers
-/// append too: `append` then assigns seqs after the shared head, and
-/// `last_seq` asks the store, so a reader can wait to apply up to it.
+/// outside the async runtime. On a backend shared by several servers (the
+/// next step for PostgreSQL, which has one writer today and caches its
+/// head) others append too: `append` then assigns seqs after the shared
+/// head, and `last_seq` asks the store, so a reader can wait to apply up
+/// to it.
 pub trait Log: Send + 'static {
     /// Append a batch; assigned seqs are contiguous, starting at
     /// `last_seq()+1`. Durable (fsynced) when it returns `Ok`. On `Err` the

@@ -44,6 +44,21 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
 const MAX_SCHEMA_CHARS: usize = 63;
 
+/// Largest snapshot PostgreSQL can store in one `bytea` field (and send in
+/// one message): 1 GB less room for the rest of the row.
+const MAX_PG_SNAPSHOT_BYTES: usize = (1 << 30) - (1 << 20);
+
+/// Unless the connection string says otherwise: how long to wait for a
+/// connection, and how soon a peer that vanished (a dead host, a dropped
+/// NAT mapping) is noticed on either side, so the writer lock does not
+/// outlive its holder by TCP's two-hour default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged data older than this closes the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The log in PostgreSQL. See the module documentation.
 pub struct PgLog {
     /// The one connection. `Log` reads through `&self`; a `RefCell` lets
@@ -55,7 +70,10 @@ pub struct PgLog {
     /// The head, cached: this handle is the only writer (the advisory lock).
     first_seq: Seq,
     last_seq: Seq,
-    /// Set by a write whose outcome is unknown; every write is refused since.
+    /// This writer's epoch in the head row (see `open`).
+    epoch: i64,
+    /// Set by a write whose outcome is unknown, or once another writer
+    /// took over; every write is refused since.
     poisoned: Option<String>,
     snapshots: Arc<PgSnapshots>,
 }
@@ -87,10 +105,10 @@ impl SnapshotStore for PgSnapshots {
 /// the place of its successor's, whose truncation may have removed the
 /// entries after the older one.
 fn save_snapshot(client: &mut Client, store: &str, snapshot: &Snapshot) -> Result<(), LogError> {
-    if snapshot.data.len() > crate::MAX_SNAPSHOT_BYTES {
+    if snapshot.data.len() > MAX_PG_SNAPSHOT_BYTES {
         return Err(LogError::SnapshotTooLarge {
             len: snapshot.data.len(),
-            max: crate::MAX_SNAPSHOT_BYTES,
+            max: MAX_PG_SNAPSHOT_BYTES,
         });
     }
     let seq = to_i64(snapshot.seq)?;
@@ -119,15 +137,27 @@ fn save_snapshot(client: &mut Client, store: &str, snapshot: &Snapshot) -> Resul
     Ok(())
 }
 
-/// The session settings of both connections: durable commits whatever the
-/// database's default, and the schema (created by the lock holder).
+/// The session settings of both connections: durable commits whatever
+/// the database's default, no server-side timeout that would end a long
+/// snapshot or an idle writer (a role may set them), TCP keepalives from
+/// the server's side too, and the schema (created by the lock holder when
+/// missing). The name is checked to be `[a-z0-9_]` and quoted, so keywords
+/// (`user`, `order`) are names like any other.
 fn session_setup(schema: &str, create: bool) -> String {
     let create = if create {
-        format!("CREATE SCHEMA IF NOT EXISTS {schema};")
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\";")
     } else {
         String::new()
     };
-    format!("SET synchronous_commit = on; {create} SET search_path = {schema};")
+    format!(
+        "SET synchronous_commit = on; SET statement_timeout = 0; SET idle_session_timeout = 0;
+         SET idle_in_transaction_session_timeout = 0;
+         SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {};
+         {create} SET search_path = \"{schema}\";",
+        KEEPALIVE_IDLE.as_secs(),
+        KEEPALIVE_INTERVAL.as_secs(),
+        KEEPALIVE_RETRIES
+    )
 }
 
 impl std::fmt::Debug for PgLog {
@@ -168,6 +198,17 @@ impl PgLog {
             detail: format!("{e}; give postgres://user@host:port/dbname or host=... dbname=..."),
         })?;
         let store = describe(&config, schema);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
         // Names the connection in pg_stat_activity: which server holds the lock.
         config.application_name(&format!("baton-log {schema}"));
         let mut client = config.connect(NoTls).map_err(|e| LogError::Postgres {
@@ -216,32 +257,50 @@ impl PgLog {
         if !locked {
             return Err(LogError::InUse { store });
         }
-        // Only the lock holder creates and changes the tables.
+        // Only the lock holder creates the schema and tables, and only
+        // what is missing: a role with no CREATE right can run on tables
+        // made for it.
+        let exists: bool = client
+            .query_one(
+                "SELECT to_regclass(quote_ident($1) || '.baton_head') IS NOT NULL",
+                &[&schema],
+            )
+            .map_err(failed("look for the tables"))?
+            .get(0);
         client
-            .batch_execute(&session_setup(schema, true))
+            .batch_execute(&session_setup(schema, !exists))
             .map_err(failed("prepare the session"))?;
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS baton_log (
-                     seq  bigint PRIMARY KEY,
-                     data bytea  NOT NULL
-                 );
-                 CREATE TABLE IF NOT EXISTS baton_head (
-                     id        int    PRIMARY KEY CHECK (id = 1),
-                     format    int    NOT NULL,
-                     first_seq bigint NOT NULL,
-                     last_seq  bigint NOT NULL
-                 );
-                 CREATE TABLE IF NOT EXISTS baton_snapshot (
-                     id   int    PRIMARY KEY CHECK (id = 1),
-                     seq  bigint NOT NULL,
-                     data bytea  NOT NULL
-                 );
-                 INSERT INTO baton_head VALUES (1, {FORMAT}, 1, 0) ON CONFLICT (id) DO NOTHING;"
-            ))
-            .map_err(failed("create the tables"))?;
+        if !exists {
+            client
+                .batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS baton_log (
+                         seq  bigint PRIMARY KEY,
+                         data bytea  NOT NULL
+                     );
+                     CREATE TABLE IF NOT EXISTS baton_head (
+                         id        int    PRIMARY KEY CHECK (id = 1),
+                         format    int    NOT NULL,
+                         first_seq bigint NOT NULL,
+                         last_seq  bigint NOT NULL,
+                         epoch     bigint NOT NULL
+                     );
+                     CREATE TABLE IF NOT EXISTS baton_snapshot (
+                         id   int    PRIMARY KEY CHECK (id = 1),
+                         seq  bigint NOT NULL,
+                         data bytea  NOT NULL
+                     );
+                     INSERT INTO baton_head VALUES (1, {FORMAT}, 1, 0, 0) ON CONFLICT (id) DO NOTHING;"
+                ))
+                .map_err(failed("create the tables"))?;
+        }
+        // A new epoch per writer: every later change of the head names it,
+        // so a writer that lost the lock without knowing (a pooler that
+        // moved or reset its session) changes nothing once another opened.
         let head = client
-            .query_one("SELECT format, first_seq, last_seq FROM baton_head", &[])
+            .query_one(
+                "UPDATE baton_head SET epoch = epoch + 1 RETURNING format, first_seq, last_seq, epoch",
+                &[],
+            )
             .map_err(failed("read the head"))?;
         let format: i32 = head.get(0);
         if format != FORMAT {
@@ -253,7 +312,7 @@ impl PgLog {
                 ),
             });
         }
-        let (first, last): (i64, i64) = (head.get(1), head.get(2));
+        let (first, last, epoch): (i64, i64, i64) = (head.get(1), head.get(2), head.get(3));
         // The head must agree with what is stored, or replay would skip or
         // invent entries.
         let stored = client
@@ -294,6 +353,7 @@ impl PgLog {
             schema: schema.to_string(),
             first_seq: first as Seq,
             last_seq: last as Seq,
+            epoch,
             poisoned: None,
         })
     }
@@ -317,17 +377,34 @@ impl PgLog {
         }
     }
 
-    /// Runs a write; a failure leaves its outcome unknown, so the handle
+    /// Runs a write transaction. An error the database answered means it
+    /// rolled back: nothing changed, and the handle goes on. Any other (the
+    /// connection broke, possibly during COMMIT) leaves the outcome
+    /// unknown, and so does losing the head to another writer: the handle
     /// refuses writes from then on.
     fn write<T>(
         &mut self,
         operation: &'static str,
-        work: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        work: impl FnOnce(&mut Client, i64) -> Result<T, WriteError>,
     ) -> Result<T, LogError> {
         self.writable()?;
-        work(&mut self.client.borrow_mut()).map_err(|e| {
-            let detail = cause(&e);
-            self.poisoned = Some(format!("{operation}: {detail}"));
+        let epoch = self.epoch;
+        let done = work(&mut self.client.borrow_mut(), epoch);
+        done.map_err(|e| {
+            let (detail, poison) = match e {
+                WriteError::Db(e) => {
+                    let unknown = e.as_db_error().is_none()
+                        || e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION);
+                    (cause(&e), unknown)
+                }
+                WriteError::TakenOver => (
+                    "another server has opened this log since (its epoch is newer)".to_string(),
+                    true,
+                ),
+            };
+            if poison || self.client.borrow().is_closed() {
+                self.poisoned = Some(format!("{operation}: {detail}"));
+            }
             LogError::Postgres {
                 store: self.store.clone(),
                 operation,
@@ -354,14 +431,21 @@ impl Log for PgLog {
         }
         let seqs: Vec<i64> = range.clone().map(to_i64).collect::<Result<_, _>>()?;
         let last = *seqs.last().expect("a non-empty batch");
-        self.write("append", |client| {
+        self.write("append", |client, epoch| {
             let mut txn = client.transaction()?;
+            // The head first: a writer that lost the log stops here.
+            let moved = txn.execute(
+                "UPDATE baton_head SET last_seq = $1 WHERE epoch = $2",
+                &[&last, &epoch],
+            )?;
+            if moved != 1 {
+                return Err(WriteError::TakenOver);
+            }
             txn.execute(
                 "INSERT INTO baton_log (seq, data) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
                 &[&seqs, &batch],
             )?;
-            txn.execute("UPDATE baton_head SET last_seq = $1", &[&last])?;
-            txn.commit()
+            Ok(txn.commit()?)
         })?;
         self.last_seq = *range.end();
         Ok(range)
@@ -417,14 +501,26 @@ impl Log for PgLog {
     }
 
     fn truncate_before(&mut self, seq: Seq) -> Result<(), LogError> {
-        let snapshot_seq = self.load_snapshot()?.map(|s| s.seq);
+        // The seq only: the snapshot itself may be a gigabyte.
+        let snapshot_seq = self
+            .client
+            .borrow_mut()
+            .query_opt("SELECT seq FROM baton_snapshot", &[])
+            .map_err(self.read_failed("read the snapshot's seq"))?
+            .map(|row| row.get::<_, i64>(0) as Seq);
         if let Some(new_first) = crate::plan_truncate(seq, self.first_seq, snapshot_seq)? {
             let first = to_i64(new_first)?;
-            self.write("truncate", |client| {
+            self.write("truncate", |client, epoch| {
                 let mut txn = client.transaction()?;
+                let moved = txn.execute(
+                    "UPDATE baton_head SET first_seq = $1 WHERE epoch = $2",
+                    &[&first, &epoch],
+                )?;
+                if moved != 1 {
+                    return Err(WriteError::TakenOver);
+                }
                 txn.execute("DELETE FROM baton_log WHERE seq < $1", &[&first])?;
-                txn.execute("UPDATE baton_head SET first_seq = $1", &[&first])?;
-                txn.commit()
+                Ok(txn.commit()?)
             })?;
             self.first_seq = new_first;
         }
@@ -433,6 +529,19 @@ impl Log for PgLog {
 
     fn snapshot_store(&self) -> Option<Arc<dyn SnapshotStore>> {
         Some(self.snapshots.clone())
+    }
+}
+
+/// Why a write transaction did not commit.
+enum WriteError {
+    Db(postgres::Error),
+    /// The head row names a newer epoch: another writer opened the log.
+    TakenOver,
+}
+
+impl From<postgres::Error> for WriteError {
+    fn from(e: postgres::Error) -> WriteError {
+        WriteError::Db(e)
     }
 }
 

@@ -377,6 +377,9 @@ mod pg {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
+    /// How long a reopen waits for the previous handle's backend to go.
+    pub const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
     pub fn conninfo() -> String {
         std::env::var("BATON_TEST_POSTGRES")
             .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
@@ -422,7 +425,9 @@ mod pg {
         fn reopen(&mut self, log: PgLog) -> PgLog {
             let schema = log.schema().to_string();
             drop(log);
-            PgLog::open(&conninfo(), &schema, Duration::ZERO).expect("reopen PgLog")
+            // The dropped connection's backend frees the lock as it exits,
+            // which may be a moment after the drop returns.
+            PgLog::open(&conninfo(), &schema, REOPEN_WAIT).expect("reopen PgLog")
         }
     }
 
@@ -449,8 +454,12 @@ mod pg {
 
     fn drop_schema(schema: &str) {
         admin()
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
             .unwrap();
+    }
+
+    fn reopen(schema: &str) -> PgLog {
+        PgLog::open(&conninfo(), schema, REOPEN_WAIT).unwrap()
     }
 
     #[test]
@@ -470,7 +479,7 @@ mod pg {
         let other = unique_schema("other");
         assert_eq!(open(&other).unwrap().last_seq().unwrap(), 0);
         drop(first);
-        assert_holds(&open(&schema).unwrap(), 1, 4);
+        assert_holds(&reopen(&schema), 1, 4);
         drop_schema(&schema);
         drop_schema(&other);
     }
@@ -533,7 +542,7 @@ mod pg {
         // The lock went with the connection (once PostgreSQL has ended
         // that backend, hence the wait): another writer takes over, from
         // what was durable.
-        let mut next = PgLog::open(&conninfo(), &schema, Duration::from_secs(10)).unwrap();
+        let mut next = reopen(&schema);
         assert_holds(&next, 1, 3);
         assert_eq!(next.append(&batch(4..=4)).unwrap(), 4..=4);
         drop(log);
@@ -588,13 +597,98 @@ mod pg {
         admin()
             .batch_execute(&format!("DELETE FROM {schema}.baton_log WHERE seq = 2"))
             .unwrap();
-        let err = open(&schema).unwrap_err();
+        let err = PgLog::open(&conninfo(), &schema, REOPEN_WAIT).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("damaged") && message.contains("1..=3"),
             "{message}"
         );
         drop_schema(&schema);
+    }
+
+    #[test]
+    fn a_writer_whose_epoch_was_overtaken_stops_writing() {
+        // What a pooler that moved the session (and its lock) away would
+        // allow: another writer opened the log meanwhile.
+        let schema = unique_schema("epoch");
+        let mut log = open(&schema).unwrap();
+        log.append(&batch(1..=3)).unwrap();
+        admin()
+            .batch_execute(&format!("UPDATE {schema}.baton_head SET epoch = epoch + 1"))
+            .unwrap();
+        let err = log.append(&batch(4..=4)).unwrap_err();
+        assert!(
+            err.to_string().contains("another server has opened"),
+            "{err}"
+        );
+        let err = log.append(&batch(4..=4)).unwrap_err();
+        assert!(matches!(err, LogError::PostgresPoisoned { .. }), "{err}");
+        assert!(
+            log.truncate_before(1).is_ok(),
+            "a no-op truncate writes nothing"
+        );
+        drop(log);
+        assert_holds(&reopen(&schema), 1, 3);
+        drop_schema(&schema);
+    }
+
+    #[test]
+    fn a_connection_lost_in_the_middle_of_an_append_applies_none_of_it() {
+        let schema = unique_schema("midway");
+        let mut log = open(&schema).unwrap();
+        log.append(&batch(1..=3)).unwrap();
+        // Hold the head row so the next append blocks inside its transaction.
+        let mut blocker = admin();
+        let mut hold = blocker.transaction().unwrap();
+        hold.execute(
+            &format!("SELECT 1 FROM {schema}.baton_head FOR UPDATE"),
+            &[],
+        )
+        .unwrap();
+        let appending = std::thread::spawn(move || {
+            let result = log.append(&batch(4..=6));
+            (log, result)
+        });
+        let mut watcher = admin();
+        let name = format!("baton-log {schema}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    &[&name],
+                )
+                .unwrap()
+                .get(0);
+            if waiting == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the append never blocked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        watcher
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                &[&name],
+            )
+            .unwrap();
+        let (log, result) = appending.join().unwrap();
+        assert!(result.is_err(), "the append could not have committed");
+        hold.rollback().unwrap();
+        drop(log);
+        assert_holds(&reopen(&schema), 1, 3);
+        drop_schema(&schema);
+    }
+
+    #[test]
+    fn a_schema_named_like_a_keyword_is_a_name_like_any_other() {
+        let schema = "user";
+        let _ = admin().batch_execute("DROP SCHEMA IF EXISTS \"user\" CASCADE");
+        let mut log = open(schema).unwrap();
+        log.append(&batch(1..=2)).unwrap();
+        drop(log);
+        assert_holds(&reopen(schema), 1, 2);
+        drop_schema(schema);
     }
 
     #[test]
