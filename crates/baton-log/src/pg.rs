@@ -137,6 +137,10 @@ fn save_snapshot(client: &mut Client, store: &str, snapshot: &Snapshot) -> Resul
     Ok(())
 }
 
+/// What each connection sets first, before any statement that could take
+/// long: settings every PostgreSQL version has.
+const FIRST_SETTINGS: &str = "SET statement_timeout = 0; SET synchronous_commit = on;";
+
 /// The session settings of both connections: durable commits whatever
 /// the database's default, no server-side timeout that would end a long
 /// snapshot or an idle writer (a role may set them), TCP keepalives from
@@ -149,10 +153,15 @@ fn session_setup(schema: &str, create: bool) -> String {
     } else {
         String::new()
     };
+    // set_config over pg_settings: a setting this PostgreSQL does not have
+    // (idle_session_timeout came in 14) is skipped instead of failing.
     format!(
-        "SET synchronous_commit = on; SET statement_timeout = 0; SET idle_session_timeout = 0;
-         SET idle_in_transaction_session_timeout = 0;
-         SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; SET tcp_keepalives_count = {};
+        "SELECT set_config(name, value, false)
+           FROM (VALUES ('idle_session_timeout', '0'),
+                        ('idle_in_transaction_session_timeout', '0'),
+                        ('tcp_keepalives_idle', '{}'), ('tcp_keepalives_interval', '{}'),
+                        ('tcp_keepalives_count', '{}')) AS wanted(name, value)
+          WHERE name IN (SELECT name FROM pg_settings);
          {create} SET search_path = \"{schema}\";",
         KEEPALIVE_IDLE.as_secs(),
         KEEPALIVE_INTERVAL.as_secs(),
@@ -224,6 +233,11 @@ impl PgLog {
                 detail: cause(&e),
             }
         };
+        // Before anything else: a role's or the connection's statement
+        // timeout would cut the lock wait, a large append or a snapshot.
+        client
+            .batch_execute(FIRST_SETTINGS)
+            .map_err(failed("prepare the session"))?;
         let locked = if lock_wait.is_zero() {
             client
                 .query_one(
@@ -340,6 +354,9 @@ impl PgLog {
         // server's snapshot thread, so a large one never stalls appends.
         config.application_name(&format!("baton-log {schema} snapshots"));
         let mut snapshots = config.connect(NoTls).map_err(failed("connect"))?;
+        snapshots
+            .batch_execute(FIRST_SETTINGS)
+            .map_err(failed("prepare the session"))?;
         snapshots
             .batch_execute(&session_setup(schema, false))
             .map_err(failed("prepare the session"))?;

@@ -692,6 +692,25 @@ mod pg {
     }
 
     #[test]
+    fn a_statement_timeout_from_the_connection_or_role_does_not_apply() {
+        // A role or connection default that would cut a large append or
+        // snapshot short: the log's sessions turn it off.
+        let schema = unique_schema("timeout");
+        let conninfo = format!("{} options='-c statement_timeout=1'", conninfo());
+        let mut log = PgLog::open(&conninfo, &schema, Duration::ZERO).unwrap();
+        let big: Vec<Vec<u8>> = (1..=5_000).map(|_| vec![7; 1_000]).collect();
+        assert_eq!(log.append(&big).unwrap(), 1..=5_000);
+        log.save_snapshot(&Snapshot {
+            seq: 5_000,
+            data: vec![1; 20_000_000],
+        })
+        .unwrap();
+        log.truncate_before(5_001).unwrap();
+        drop(log);
+        drop_schema(&schema);
+    }
+
+    #[test]
     fn bad_settings_say_what_to_give() {
         for schema in ["", "Baton", "1st", "a-b", "x; DROP TABLE y"] {
             let err = open(schema).unwrap_err();
