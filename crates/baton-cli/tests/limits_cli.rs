@@ -235,10 +235,13 @@ fn rate_take_refuses_with_the_exact_retry_and_status_shows_who_spends() {
 #[test]
 fn rate_take_wait_queues_until_the_tokens_are_there() {
     let server = Server::start();
-    let args = ["rate", "take", "api/w", "--rate", "20", "--burst", "1"];
+    // One token a second: the second take, a process start after the
+    // first, must come well within that to be refused (at 20/s a loaded CI
+    // machine once took the 50 ms a token needs between the two).
+    let args = ["rate", "take", "api/w", "--rate", "1", "--burst", "1"];
     server.run(&args).ok();
     server.run(&args).err("RATE_LIMITED", 9);
-    // 20/s refills one token in 50 ms: well within the wait.
+    // 1/s refills one token in a second: well within the wait.
     let waited = server.run(&[&args[..], &["--wait", "10s"]].concat());
     assert_eq!(waited.ok()["taken"], 1);
     // Concurrent waiters each get their token as the bucket refills.
