@@ -280,8 +280,10 @@ fn read_stdin() -> Result<Vec<u8>, Error> {
 /// with its status (128 + signal if it was killed). Baton's own failures
 /// (lock timeout, command not found) answer with the usual envelope.
 ///
-/// The lock is held by this process: if `baton` itself is killed, the lock
-/// is released even if COMMAND is still running.
+/// COMMAND inherits the open lock file, as with `flock(1)`: if `baton` is
+/// killed (a supervisor's SIGTERM, `timeout`, Ctrl-C) while COMMAND goes on,
+/// the lock stays held until COMMAND (and anything it started that kept
+/// the file open) has exited.
 fn exec(args: &FileArgs, lock: &Path, command: &[OsString], mode: OutputMode) -> i32 {
     let acquired = target_path(args, lock).and_then(|path| {
         if args.instance_id.is_some() {
@@ -302,6 +304,18 @@ fn exec(args: &FileArgs, lock: &Path, command: &[OsString], mode: OutputMode) ->
         Err(error) => return emit(mode, &Err(error), |_| String::new()),
     };
     let (program, rest) = command.split_first().expect("clap requires a command");
+    // Let COMMAND inherit the lock file (it is opened close-on-exec).
+    let shared = nix::fcntl::fcntl(
+        held.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    );
+    if let Err(e) = shared {
+        let error = Error::new(
+            ErrorCode::Unavailable,
+            format!("cannot hand the lock to the command ({e}); nothing was run"),
+        );
+        return emit(mode, &Err(error), |_| String::new());
+    }
     let status = std::process::Command::new(program)
         .args(rest)
         .env("BATON_FILE_LOCK", held.lock_path())

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
@@ -329,15 +330,24 @@ fn a_waiting_writer_proceeds_once_the_lock_is_released() {
 }
 
 #[test]
-fn a_killed_holder_leaves_no_stale_lock() {
+fn a_killed_exec_leaves_the_lock_with_its_command_and_then_no_stale_lock() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.json");
     let mut holder = Holder::start(&path);
-    holder.child.kill().unwrap(); // SIGKILL: no cleanup runs
+    holder.child.kill().unwrap(); // SIGKILL of baton: no cleanup runs
     holder.child.wait().unwrap();
-    let reply = run(&["file", "--lock-timeout", "0", "set", s(&path), "x=1"]);
+    // Its command still runs, and still holds the lock it inherited: a
+    // writer now would write under it (found in review: `timeout` or a
+    // supervisor's SIGTERM used to free the lock under a running command).
+    let refused = run(&["file", "--lock-timeout", "0", "set", s(&path), "x=1"]);
+    refused.assert_error("CONCURRENT_MODIFICATION", 6);
+    assert!(!path.exists(), "nothing applied");
+    // Once the command exits too, the lock is free: nothing stale is left
+    // for anyone to clean up.
+    drop(holder.release.take()); // the orphaned `sh` reads EOF and exits
+    let reply = run(&["file", "--lock-timeout", "30s", "set", s(&path), "x=1"]);
     assert_eq!(reply.code, 0, "{}", reply.envelope);
-    drop(holder.release.take()); // lets the orphaned `sh` exit
+    assert_eq!(read_json(&path), json!({"x": 1}));
 }
 
 #[test]
@@ -927,4 +937,55 @@ fn usage_errors_exit_2_with_the_error_envelope_in_json_mode() {
     let help = run(&["file", "--help"]);
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: baton file"));
+}
+
+#[test]
+fn fifos_and_devices_are_refused_without_blocking_or_replacing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.json");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    // A read of a FIFO would block forever (with the lock held, for set);
+    // wait_bounded fails the test if it does.
+    for args in [
+        vec!["file", "get", s(&fifo)],
+        vec!["file", "set", s(&fifo), "a=1"],
+        vec!["file", "--format", "raw", "write", s(&fifo)],
+    ] {
+        let reply = run_with_stdin(&args, b"x");
+        let error = reply.assert_error("INVALID_ARGUMENT", 2);
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a regular file"),
+            "{error}"
+        );
+    }
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    // Through a symlink too.
+    let link = dir.path().join("link.json");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    run(&["file", "set", s(&link), "a=1"]).assert_error("INVALID_ARGUMENT", 2);
+}
+
+#[test]
+fn a_bracket_in_a_key_path_is_refused_not_taken_as_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.json");
+    fs::write(&path, "{\"a\": {\"b\": [1, 2]}}\n").unwrap();
+    let before = fs::read(&path).unwrap();
+    let reply = run(&["file", "set", s(&path), "a.b[0]=9"]);
+    let error = reply.assert_error("INVALID_ARGUMENT", 2);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("no array indexing"),
+        "{error}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), before, "nothing applied");
+    // Escaped, a bracket is part of a key name.
+    run(&["file", "set", s(&path), r"a.b\[0\]=9"]).result();
+    assert_eq!(read_json(&path), json!({"a": {"b": [1, 2], "b[0]": 9}}));
 }

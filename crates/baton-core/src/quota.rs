@@ -445,12 +445,16 @@ impl StateMachine {
             let result = self.grant_tokens(seq, name, &command.agent, command.session, tokens, fx);
             return Ok(Response::Rate(result));
         }
+        // Saturating: burst (and so each waiter's tokens) may be as large as
+        // u64::MAX / MILLI, and several such waiters overflow a plain sum.
         let ahead: u64 = bucket
             .waiters
             .iter()
             .map(|id| self.rate_waiters[id].tokens)
-            .sum();
-        let retry_after_ms = ((ahead + tokens) * MILLI)
+            .fold(0, u64::saturating_add);
+        let retry_after_ms = ahead
+            .saturating_add(tokens)
+            .saturating_mul(MILLI)
             .saturating_sub(bucket.milli_tokens)
             .div_ceil(rate_per_sec)
             .max(1);
@@ -547,7 +551,9 @@ impl StateMachine {
         let at = bucket.waiters.front().map(|id| {
             let need = self.rate_waiters[id].tokens * MILLI;
             let missing = need.saturating_sub(bucket.available_at(self.now));
-            self.now + missing.div_ceil(bucket.rate_per_sec)
+            // Saturating: a huge burst at 1 token/s is centuries away.
+            self.now
+                .saturating_add(missing.div_ceil(bucket.rate_per_sec))
         });
         let old = bucket.refill_at;
         self.buckets.get_mut(name).expect("exists").refill_at = at;

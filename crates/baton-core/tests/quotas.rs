@@ -303,6 +303,35 @@ proptest! {
 }
 
 #[test]
+fn waiters_for_the_largest_bursts_do_not_overflow_the_retry_hint() {
+    // burst may be as large as u64::MAX / 1000, and the tokens of several
+    // waiters ahead add up past u64::MAX (found in review: a debug build
+    // panicked on the writer thread, a release build wrapped the hint).
+    let mut h = Harness::new();
+    let huge = u64::MAX / 1000;
+    let take = |wait_ms| Op::RateTake {
+        bucket: "api/huge".into(),
+        tokens: huge,
+        rate_per_sec: 1,
+        burst: huge,
+        wait_ms,
+    };
+    h.op("a", take(0)).unwrap(); // empties the bucket
+    for agent in ["b", "c"] {
+        h.seq += 1;
+        let out = h
+            .machine
+            .apply(h.seq, h.time, &Command::new(agent, take(60_000)));
+        assert!(out.reply.is_ok());
+        assert!(out.pending.is_some(), "queued");
+    }
+    let reply = h.op("d", take(0));
+    let refused = err(&reply);
+    assert_eq!(refused.code, ErrorCode::RateLimited);
+    assert!(refused.retry_after_ms.unwrap() >= huge, "{refused:?}");
+}
+
+#[test]
 fn waiting_takes_are_served_in_order_as_the_bucket_refills() {
     let mut h = Harness::new();
     let take = |tokens, wait_ms| Op::RateTake {

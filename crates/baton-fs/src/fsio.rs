@@ -82,19 +82,32 @@ pub(crate) fn resolve_target(path: &Path) -> Result<PathBuf, Error> {
             Error::invalid("path", format!("{} does not name a file", path.display()))
         });
     }
-    match fs::symlink_metadata(path) {
+    let (target, meta) = match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
             let real = fs::canonicalize(path).map_err(|e| io_error(e, "follow the link", path))?;
-            if real.is_dir() {
-                return Err(is_directory_error(path));
-            }
-            Ok(real)
+            let meta = fs::metadata(&real).map_err(|e| io_error(e, "follow the link", path))?;
+            (real, meta)
         }
-        Ok(meta) if meta.is_dir() => Err(is_directory_error(path)),
-        Ok(_) => Ok(path.to_path_buf()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(path.to_path_buf()),
-        Err(e) => Err(io_error(e, "read", path)),
+        Ok(meta) => (path.to_path_buf(), meta),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(io_error(e, "read", path)),
+    };
+    if meta.is_dir() {
+        return Err(is_directory_error(path));
     }
+    if !meta.is_file() {
+        // A FIFO would block the read (with the lock held), and a rename
+        // would replace a device node with a regular file.
+        return Err(Error::invalid(
+            "path",
+            format!(
+                "{} is not a regular file (a FIFO, socket or device); baton file edits regular files only",
+                path.display()
+            ),
+        )
+        .with_details(serde_json::json!({ "field": "path", "path": path.display().to_string() })));
+    }
+    Ok(target)
 }
 
 /// The folder that holds `target` (`.` for a bare file name).

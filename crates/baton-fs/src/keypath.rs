@@ -12,9 +12,11 @@ use crate::node::Node;
 /// it keeps recursion bounded.
 pub const MAX_KEY_DEPTH: usize = 64;
 
-/// A path of object keys, written `a.b.c`. A key that contains `.`, `=` or
-/// `\` escapes it with a backslash: `"a\.b"` is the single key `a.b`.
-/// Paths only walk objects (tables in TOML); there is no array indexing.
+/// A path of object keys, written `a.b.c`. A key that contains `.`, `=`,
+/// `[`, `]` or `\` escapes it with a backslash: `"a\.b"` is the single key
+/// `a.b`. Paths only walk objects (tables in TOML); there is no array
+/// indexing, and an unescaped `[` or `]` is refused rather than taken as
+/// part of a key (`a.b[0]=9` would otherwise add a key named `b[0]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyPath {
     segments: Vec<String>,
@@ -30,14 +32,24 @@ impl KeyPath {
         while let Some(c) = chars.next() {
             match c {
                 '\\' => match chars.next() {
-                    Some(escaped @ ('.' | '=' | '\\')) => current.push(escaped),
+                    Some(escaped @ ('.' | '=' | '[' | ']' | '\\')) => current.push(escaped),
                     _ => {
                         return Err(Error::invalid(
                             "key",
-                            format!("{text:?}: a backslash must be followed by '.', '=' or '\\'"),
+                            format!(
+                                "{text:?}: a backslash must be followed by '.', '=', '[', ']' or '\\'"
+                            ),
                         ));
                     }
                 },
+                '[' | ']' => {
+                    return Err(Error::invalid(
+                        "key",
+                        format!(
+                            "{text:?}: key paths have no array indexing; change an array with `baton file merge` or `write`, or escape a bracket that is part of a key as \\[ or \\]"
+                        ),
+                    ));
+                }
                 '.' => segments.push(std::mem::take(&mut current)),
                 other => current.push(other),
             }
@@ -89,7 +101,7 @@ impl fmt::Display for KeyPath {
                 f.write_str(".")?;
             }
             for c in segment.chars() {
-                if matches!(c, '.' | '=' | '\\') {
+                if matches!(c, '.' | '=' | '[' | ']' | '\\') {
                     f.write_str("\\")?;
                 }
                 write!(f, "{c}")?;
@@ -272,13 +284,19 @@ mod tests {
 
     #[test]
     fn key_paths_split_on_unescaped_dots() {
-        let key = KeyPath::parse(r"a.b\.c.d\=e\\").unwrap();
-        assert_eq!(key.segments(), ["a", "b.c", r"d=e\"]);
+        let key = KeyPath::parse(r"a.b\.c.d\=e\\.f\[0\]").unwrap();
+        assert_eq!(key.segments(), ["a", "b.c", r"d=e\", "f[0]"]);
         assert_eq!(KeyPath::parse(&key.to_string()).unwrap(), key);
-        for bad in ["", "a..b", ".a", "a.", r"a\x"] {
+        for bad in ["", "a..b", ".a", "a.", r"a\x", "a.b[0]", "a]"] {
             let err = KeyPath::parse(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidArgument, "{bad:?}");
         }
+        let index = KeyPath::parse("a.b[0]").unwrap_err();
+        assert!(
+            index.message.contains("no array indexing"),
+            "{}",
+            index.message
+        );
         let deep = vec!["k"; MAX_KEY_DEPTH + 1].join(".");
         assert!(KeyPath::parse(&deep).is_err());
     }

@@ -100,6 +100,14 @@ impl FileLock {
     }
 
     /// The sidecar this lock holds.
+    /// The open lock file: a process that inherits it (across `exec`,
+    /// without close-on-exec) shares the lock, which then lasts until
+    /// every process holding it has exited or closed it, as with `flock(1)`.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
     pub fn lock_path(&self) -> &Path {
         &self.lock_path
     }

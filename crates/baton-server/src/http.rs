@@ -274,7 +274,7 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         bytes
     };
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+    let decoded = serde_path_to_error::deserialize(&mut *deserializer).map_err(|error| {
         let path = error.path().to_string();
         let field = if path == "." || path == "?" {
             "body".to_string()
@@ -282,7 +282,16 @@ pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
             path
         };
         Error::invalid(&field, error.into_inner())
-    })
+    })?;
+    // One JSON value and nothing after it: `{"value":1} {"if_version":7}`
+    // must not write without the condition its sender meant.
+    deserializer.end().map_err(|e| {
+        Error::invalid(
+            "body",
+            format!("{e}: send one JSON object and nothing after it"),
+        )
+    })?;
+    Ok(decoded)
 }
 
 fn query<T: DeserializeOwned>(

@@ -375,6 +375,18 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
             raw(r#"{"value": 1}"#, "/v1/kv/nonamespace").await.unwrap(),
             "key",
         ),
+        // A second JSON value after the first: its condition would be
+        // dropped, so the whole request is refused.
+        (
+            raw(r#"{"value": 1} {"if_version": 7}"#, "/v1/kv/bad/k")
+                .await
+                .unwrap(),
+            "nothing after it",
+        ),
+        (
+            raw(r#"{"value": 1}garbage"#, "/v1/kv/bad/k").await.unwrap(),
+            "nothing after it",
+        ),
     ];
     for (response, field) in cases {
         assert_eq!(response.status().as_u16(), 400);
@@ -385,6 +397,8 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
             "{field}: {body}"
         );
     }
+    // None of the refused writes applied.
+    assert_eq!(api.get("/v1/kv/bad/k").await.code(), "NOT_FOUND");
     let huge = json!({"value": "x".repeat(3 * 1024 * 1024)});
     let oversize = api.put("bad/big", huge).await;
     assert_eq!(
