@@ -266,6 +266,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// An optional field that, when sent, must hold a value: `"release": null`
+/// or `"fence": null` is refused (naming the field) rather than read as
+/// absent, since a client that meant to send one would then write without it.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Decode a request body, naming the field path of any error.
 pub fn decode_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -581,7 +592,7 @@ struct AcquireBody {
     /// Answer the grant with the locked keys' values (`values`).
     #[serde(default)]
     read: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -757,13 +768,13 @@ struct PutBody {
     if_absent: bool,
     #[serde(default)]
     ttl_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
     /// A lock you hold (its `lock_id`), released in the same commit once this
     /// write applies: the next waiter is granted at once. Refused as a whole
     /// if the lock is not held by you; a refused write (or a txn whose
     /// compares failed) releases nothing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     release: Option<u64>,
 }
 
@@ -796,13 +807,13 @@ struct PatchBody {
     json_patch: Option<Value>,
     #[serde(default)]
     if_version: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
     /// A lock you hold (its `lock_id`), released in the same commit once this
     /// write applies: the next waiter is granted at once. Refused as a whole
     /// if the lock is not held by you; a refused write (or a txn whose
     /// compares failed) releases nothing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     release: Option<u64>,
 }
 
@@ -843,13 +854,13 @@ async fn kv_patch(
 struct DeleteBody {
     #[serde(default)]
     if_version: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
     /// A lock you hold (its `lock_id`), released in the same commit once this
     /// write applies: the next waiter is granted at once. Refused as a whole
     /// if the lock is not held by you; a refused write (or a txn whose
     /// compares failed) releases nothing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     release: Option<u64>,
 }
 
@@ -929,13 +940,13 @@ struct TxnBody {
     success: Vec<TxnOp>,
     #[serde(default)]
     failure: Vec<TxnOp>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
     /// A lock you hold (its `lock_id`), released in the same commit once this
     /// write applies: the next waiter is granted at once. Refused as a whole
     /// if the lock is not held by you; a refused write (or a txn whose
     /// compares failed) releases nothing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     release: Option<u64>,
 }
 
@@ -964,13 +975,13 @@ struct CounterBody {
     min: Option<i64>,
     #[serde(default)]
     max: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
     /// A lock you hold (its `lock_id`), released in the same commit once this
     /// write applies: the next waiter is granted at once. Refused as a whole
     /// if the lock is not held by you; a refused write (or a txn whose
     /// compares failed) releases nothing.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     release: Option<u64>,
 }
 
@@ -999,7 +1010,7 @@ struct QuotaSetBody {
     capacity: u64,
     #[serde(default)]
     reset_used: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1038,7 +1049,7 @@ struct ReserveBody {
     quota: String,
     amount: u64,
     ttl_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1060,7 +1071,7 @@ async fn quota_reserve(
 #[serde(deny_unknown_fields)]
 struct CommitBody {
     actual: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1107,7 +1118,7 @@ struct RateTakeBody {
     /// Queue (FIFO) up to this long for the tokens instead of refusing.
     #[serde(default)]
     wait_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1150,7 +1161,7 @@ struct OnceBody {
     claim_ttl_ms: u64,
     #[serde(default)]
     wait_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1176,7 +1187,7 @@ struct FulfilBody {
     key: String,
     claim_id: u64,
     value: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1199,7 +1210,7 @@ async fn once_fulfil(
 struct AbandonBody {
     key: String,
     claim_id: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1230,7 +1241,7 @@ struct EnqueueBody {
     item: Value,
     #[serde(default)]
     max_attempts: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1253,7 +1264,7 @@ async fn queue_enqueue(
 struct ClaimBody {
     queue: String,
     visibility_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1283,7 +1294,7 @@ struct AckBody {
     queue: String,
     item_id: u64,
     claim_token: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1295,7 +1306,7 @@ struct NackBody {
     claim_token: u64,
     #[serde(default)]
     delay_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 
@@ -1351,7 +1362,7 @@ struct SemaphoreBody {
     ttl_ms: Option<u64>,
     #[serde(default)]
     wait_ms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     fence: Option<Fence>,
 }
 

@@ -387,6 +387,20 @@ async fn bad_input_is_refused_with_the_field_named_and_nothing_applied() {
             raw(r#"{"value": 1}garbage"#, "/v1/kv/bad/k").await.unwrap(),
             "nothing after it",
         ),
+        // A release or fence sent as null is not taken as absent: the
+        // write would go through without the release or fence meant.
+        (
+            raw(r#"{"value": 1, "release": null}"#, "/v1/kv/bad/k")
+                .await
+                .unwrap(),
+            "release",
+        ),
+        (
+            raw(r#"{"value": 1, "fence": null}"#, "/v1/kv/bad/k")
+                .await
+                .unwrap(),
+            "fence",
+        ),
     ];
     for (response, field) in cases {
         assert_eq!(response.status().as_u16(), 400);
