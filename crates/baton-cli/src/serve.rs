@@ -154,6 +154,14 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, Error> {
         config.postgres = args.postgres.clone();
     }
     set(&mut config.postgres_schema, &args.postgres_schema);
+    // A schema without a database would be silently ignored, and the
+    // server would run on the embedded log the user meant to leave.
+    if args.postgres_schema.is_some() && config.postgres.is_none() {
+        return Err(Error::invalid(
+            "postgres_schema",
+            "--postgres-schema names a schema of the --postgres database; give --postgres URL too (or BATON_POSTGRES)",
+        ));
+    }
     set(&mut config.max_wait_ms, &args.max_wait);
     set(
         &mut config.snapshot_every_commands,
@@ -256,6 +264,30 @@ mod tests {
         );
         std::fs::write(file, format!("writer_spin_us = {too_long}\n")).unwrap();
         assert!(super::config(&parse(&["--config", file])).is_err());
+    }
+
+    #[test]
+    fn a_postgres_schema_needs_a_postgres_database() {
+        let error = super::config(&parse(&["--postgres-schema", "team"])).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert!(
+            error.message.contains("--postgres URL"),
+            "{}",
+            error.message
+        );
+        let config = config_of(&[
+            "--postgres",
+            "postgres://baton@db:5432/baton",
+            "--postgres-schema",
+            "team",
+        ]);
+        assert_eq!(
+            config.postgres.as_deref(),
+            Some("postgres://baton@db:5432/baton")
+        );
+        assert_eq!(config.postgres_schema, "team");
+        assert_eq!(config_of(&[]).postgres, None, "the embedded log by default");
+        assert_eq!(config_of(&[]).postgres_schema, "baton");
     }
 
     fn config_of(args: &[&str]) -> ServeConfig {
